@@ -1,0 +1,210 @@
+"""One job, start to finish: validate, load data, load the model, train, write the summary.
+
+Everything cheap that can reject the job (config values, data files) runs before the model
+loads, so bad input costs a second, not a model load.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import MissingMandatoryValue
+
+from curvzo.data import load_splits
+from curvzo.errors import ConfigError
+from curvzo.loggers import JsonlLogger, LoggerGroup, MetricLogger, WandbLogger
+from curvzo.peft_modes import parameter_groups
+from curvzo.train import LoopSettings, TrainingLoop
+from curvzo.utils.instantiate import check_targets, instantiate
+from curvzo.utils.runinfo import git_commit, package_versions, peak_memory, reset_peak_memory
+
+log = logging.getLogger(__name__)
+
+SELECT_BY = ("dev_loss", "dev_acc")
+LR_SCHEDULES = ("constant", "linear")
+WANDB_MODES = ("offline", "online", "disabled")
+
+
+def _int_at_least(cfg: DictConfig, key: str, minimum: int) -> int:
+    value = OmegaConf.select(cfg, key, throw_on_missing=True)
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ConfigError(f"{key} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _choice(cfg: DictConfig, key: str, choices: tuple[str, ...]) -> str:
+    value = OmegaConf.select(cfg, key, throw_on_missing=True)
+    if value not in choices:
+        raise ConfigError(f"{key} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def trains(cfg: DictConfig) -> bool:
+    """``optimizer=none`` (no ``_target_``) means zero-shot evaluation only."""
+    return cfg.optimizer.get("_target_") is not None
+
+
+def optimizer_kwargs(cfg: DictConfig) -> DictConfig:
+    """The optimizer node without the keys the loop (not the constructor) reads."""
+    node = OmegaConf.to_container(cfg.optimizer, resolve=True)
+    node.pop("lr_schedule", None)
+    return OmegaConf.create({**node, "_partial_": True})
+
+
+def validate_config(cfg: DictConfig) -> LoopSettings:
+    """Reject invalid values with one line, before any data or model is touched."""
+    try:
+        for group in ("model", "task", "optimizer", "peft"):
+            check_targets(cfg[group], group)
+        settings = LoopSettings(
+            max_steps=_int_at_least(cfg, "budget.max_steps", 1 if trains(cfg) else 0),
+            batch_size=_int_at_least(cfg, "budget.batch_size", 1),
+            eval_every=_int_at_least(cfg, "budget.eval_every", 1),
+            eval_batch_size=_int_at_least(cfg, "budget.eval_batch_size", 1),
+            max_length=_int_at_least(cfg, "model.max_length", 8),
+            select_by=_choice(cfg, "select_by", SELECT_BY),
+            max_nonfinite_streak=_int_at_least(cfg, "max_nonfinite_streak", 1),
+            log_every=_int_at_least(cfg, "logger.log_every", 1),
+        )
+        for key in ("budget.num_train", "budget.num_dev", "budget.num_test"):
+            _int_at_least(cfg, key, 0)
+        _int_at_least(cfg, "seed", 0)
+        _int_at_least(cfg, "data_seed", 0)
+        _choice(cfg, "logger.wandb.mode", WANDB_MODES)
+        if trains(cfg):
+            _choice(cfg, "optimizer.lr_schedule", LR_SCHEDULES)
+            lr = OmegaConf.select(cfg, "optimizer.lr", throw_on_missing=True)
+            if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not math.isfinite(lr) or lr <= 0:
+                raise ConfigError(f"optimizer.lr must be a finite number > 0, got {lr!r}")
+            # a dry construction on a dummy tensor runs the optimizer's own argument checks
+            dummy = torch.nn.Parameter(torch.zeros(1))
+            instantiate(optimizer_kwargs(cfg), "optimizer")([dummy])
+    except MissingMandatoryValue as err:
+        key = err.full_key or "a value"
+        raise ConfigError(f"{key} is required but not set (e.g. add {key}=<value> to the command line)") from None
+    except ValueError as err:  # torch.optim's own checks, e.g. 'Invalid beta parameter'
+        raise ConfigError(f"optimizer: {err}") from None
+    return settings
+
+
+def build_loggers(cfg: DictConfig, output_dir: Path) -> MetricLogger:
+    loggers: list[MetricLogger] = [JsonlLogger(output_dir)]
+    wb = cfg.logger.wandb
+    if wb.mode != "disabled":
+        choices = config_choices()
+        tags = [f"{g}/{choices[g]}" for g in ("model", "task", "optimizer", "peft", "budget") if g in choices]
+        loggers.append(WandbLogger(output_dir, mode=wb.mode, project=wb.project, entity=wb.entity,
+                                   group=wb.group, job_type=wb.job_type, name=wb.name, tags=list(wb.tags) + tags))
+    return LoggerGroup(loggers)
+
+
+def build_scheduler(cfg: DictConfig, optimizer, max_steps: int):
+    if optimizer is None or cfg.optimizer.lr_schedule == "constant":
+        return None
+    # linear decay to 0 without warm-up, as the Hugging Face Trainer default used for FT (§4)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1.0 - step / max_steps))
+
+
+def config_choices() -> dict[str, str]:
+    """The option picked in each config group (model, task, ...), when running under Hydra."""
+    if not HydraConfig.initialized():
+        return {}
+    return {k: v for k, v in HydraConfig.get().runtime.choices.items() if v is not None}
+
+
+def run_job(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
+    """Run one configured job in ``output_dir``; returns the summary (also written to disk)."""
+    started = time.perf_counter()
+    settings = validate_config(cfg)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    choices = config_choices()
+    summary: dict[str, Any] = {
+        "status": "failed",
+        "task": cfg.task.name,
+        "model": choices.get("model") or cfg.model.get("name_or_path"),
+        "optimizer": choices.get("optimizer"),
+        "peft": choices.get("peft"),
+        "budget": choices.get("budget"),
+        "seed": cfg.seed,
+        "data_seed": cfg.data_seed,
+        "lr": cfg.optimizer.get("lr"),
+        "eps": cfg.optimizer.get("eps"),
+        "select_by": cfg.select_by,
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "output_dir": str(output_dir),
+        "git_commit": git_commit(),
+        "versions": package_versions(),
+    }
+    task = instantiate(cfg.task, "task")
+    splits = load_splits(task, cfg.paths.data_dir, cfg.budget.num_train, cfg.budget.num_dev,
+                         cfg.budget.num_test, cfg.data_seed)
+    OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
+    summary["data"] = {"source": splits.source, "train": len(splits.train), "dev": len(splits.dev), "test": len(splits.test)}
+    log.info("data: %s (train %d, dev %d, test %d)", splits.source, len(splits.train), len(splits.dev), len(splits.test))
+
+    reset_peak_memory()
+    loaded = instantiate(cfg.model, "model")
+    model = instantiate(cfg.peft, "peft")(loaded.model)
+    summary["model_source"] = loaded.source
+    summary["trainable_params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    optimizer = None
+    if trains(cfg):
+        weight_decay = float(cfg.optimizer.get("weight_decay", 0.0) or 0.0)
+        optimizer = instantiate(optimizer_kwargs(cfg), "optimizer")(parameter_groups(model, weight_decay))
+    scheduler = build_scheduler(cfg, optimizer, settings.max_steps)
+
+    logger = build_loggers(cfg, output_dir)
+    logger.log_config(OmegaConf.to_container(cfg, resolve=True))
+    trajectory = open(output_dir / "trajectory.jsonl", "w", encoding="utf-8") if getattr(optimizer, "forward_only", False) else None
+    loop = TrainingLoop(model, loaded.tokenizer, loaded.device, optimizer, scheduler, splits, settings,
+                        logger, seed=cfg.seed, trajectory_file=trajectory)
+    status = "failed"
+    try:
+        result = loop.run()
+        status = result.status
+    finally:
+        result = loop.result
+        if trajectory is not None:
+            trajectory.close()
+        summary.update({
+            "status": status,
+            "steps": result.steps,
+            "forward_passes": result.forward_passes,
+            "skipped_steps": result.skipped_steps,
+            "zero_shot": result.zero_shot,
+            "best": {k: v for k, v in result.best.items() if k != "key"},
+            "test_at_best_dev": result.test_at_best,
+            "last_dev": result.last_dev,
+            "train_time_s": result.train_time_s,
+            "wall_time_s": time.perf_counter() - started,
+            "sec_per_step": (result.train_time_s / result.steps) if result.steps else None,
+            **peak_memory(),
+        })
+        write_summary(output_dir, summary)
+        logger.log_summary(_flat_summary(summary))
+        logger.close(status)
+    return summary
+
+
+def write_summary(output_dir: Path, summary: dict[str, Any]) -> None:
+    """Write summary.json atomically (temporary file, then rename)."""
+    tmp = output_dir / "summary.json.tmp"
+    tmp.write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
+    tmp.replace(output_dir / "summary.json")
+
+
+def _flat_summary(summary: dict[str, Any]) -> dict[str, Any]:
+    flat = {k: v for k, v in summary.items() if not isinstance(v, dict)}
+    for key in ("zero_shot", "best", "test_at_best_dev"):
+        for sub, value in summary.get(key, {}).items():
+            flat[f"{key}/{sub}"] = value
+    return flat

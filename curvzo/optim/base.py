@@ -1,0 +1,136 @@
+"""Shared machinery of every zeroth-order optimizer: blocks, step seeds, shifts, the NaN guard.
+
+A ZO optimizer is a ``torch.optim.Optimizer`` whose ``step(closure)`` calls ``closure()`` to get the
+minibatch loss (computed under ``torch.inference_mode()``, never calling backward) as many times as
+its probe needs. Blocks are the trainable tensors in parameter-group order (tied weights count
+once, optimizers.md notation). Per step the optimizer records what replays the trajectory.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from curvzo.errors import ConfigError
+from curvzo.optim.directions import DirectionSampler, mix64
+
+_STEP_STREAM = 1  # sub-stream tag of the per-step seeds; data order and samplers use other tags
+
+
+@dataclass(frozen=True)
+class Block:
+    """One trainable tensor with the hyperparameters of its parameter group."""
+
+    index: int
+    param: torch.Tensor
+    group: dict
+
+
+def check_positive(name: str, value: float) -> float:
+    """Return ``value`` if it is a finite number > 0, else raise a one-line ConfigError."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"optimizer.{name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def check_nonnegative(name: str, value: float) -> float:
+    """Return ``value`` if it is a finite number >= 0, else raise a one-line ConfigError."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
+        raise ConfigError(f"optimizer.{name} must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+class ZerothOrderOptimizer(torch.optim.Optimizer):
+    """Base class: seeded directions, in-place shifts, forward-pass accounting, trajectory."""
+
+    #: The training loop gives forward-only closures to optimizers that set this.
+    forward_only = True
+
+    def __init__(self, params: Any, defaults: dict, *, seed: int = 0) -> None:
+        check_positive("lr", defaults.get("lr"))
+        check_nonnegative("weight_decay", defaults.get("weight_decay", 0.0))
+        super().__init__(params, defaults)
+        for group in self.param_groups:
+            check_positive("lr", group["lr"])
+            check_nonnegative("weight_decay", group["weight_decay"])
+        seen: set[int] = set()
+        self.blocks: list[Block] = []
+        for group in self.param_groups:
+            for p in group["params"]:
+                if id(p) in seen or not p.requires_grad:
+                    continue
+                seen.add(id(p))
+                self.blocks.append(Block(len(self.blocks), p, group))
+        self.seed = int(seed)
+        self.directions = DirectionSampler()
+        self.steps_taken = 0
+        self.forward_passes = 0
+        self.skipped_steps = 0
+        self.trajectory: list[dict] = []
+        self.last_stats: dict[str, float] = {}
+
+    def step_seed(self, step: int) -> int:
+        """s_t: a pure function of (run seed, step), so any step can be regenerated or resumed."""
+        return mix64(self.seed, _STEP_STREAM, step)
+
+    def shift(self, seed: int, scale: float, blocks: list[Block] | None = None) -> None:
+        """theta_b += scale * z_b for the given blocks (all by default), in place."""
+        for block in self.blocks if blocks is None else blocks:
+            self.directions.add_(block.param, seed, block.index, scale)
+
+    def probe(self, closure: Callable[[], torch.Tensor]) -> float:
+        """Evaluate the closure once, counting the forward pass; returns a Python float."""
+        self.forward_passes += 1
+        with torch.no_grad():
+            loss = closure()
+        return float(loss)
+
+    def apply_update(self, seed: int, coefficient: float, blocks: list[Block] | None = None) -> None:
+        """theta_b <- theta_b - lr_b * (coefficient * z_b + wd_b * theta_b): the SGD step along z."""
+        for block in self.blocks if blocks is None else blocks:
+            lr, wd = block.group["lr"], block.group["weight_decay"]
+            if wd:
+                block.param.data.mul_(1.0 - lr * wd)
+            self.directions.add_(block.param, seed, block.index, -lr * coefficient)
+
+    def record(self, **entry: Any) -> None:
+        """Append one step's replay record (step, seed, scalars, lrs) to the trajectory."""
+        self.trajectory.append(entry)
+
+    def skip(self, step: int, seed: int, losses: tuple[float, ...]) -> None:
+        """Count a step whose probe loss was not finite; the weights are already restored."""
+        self.skipped_steps += 1
+        self.record(step=step, seed=seed, projected_grad=None, lr=self.lrs(), skipped=True)
+        self.last_stats = {
+            "train/loss": float("nan"),
+            "zo/skipped_steps": self.skipped_steps,
+            "zo/forward_passes": self.forward_passes,
+            "zo/nonfinite_losses": sum(not math.isfinite(x) for x in losses),
+        }
+
+    def lrs(self) -> list[float]:
+        return [float(g["lr"]) for g in self.param_groups]
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        state["zo"] = {
+            "seed": self.seed,
+            "steps_taken": self.steps_taken,
+            "forward_passes": self.forward_passes,
+            "skipped_steps": self.skipped_steps,
+        }
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        state_dict = dict(state_dict)
+        zo = state_dict.pop("zo", None)
+        super().load_state_dict(state_dict)
+        if zo is not None:
+            self.seed = zo["seed"]
+            self.steps_taken = zo["steps_taken"]
+            self.forward_passes = zo["forward_passes"]
+            self.skipped_steps = zo["skipped_steps"]

@@ -1,0 +1,203 @@
+"""The explicit training loop: ZO or first-order steps, dev evaluation, best-dev selection.
+
+Selection follows protocol.md §8: at step 0 and every ``eval_every`` steps (and at the last step)
+the dev set is scored; the kept model is the best by ``select_by`` (dev loss, as MeZO's
+``load_best_model_at_end``, or dev accuracy). The test set never drives a choice: it is scored at
+step 0 (zero-shot) and whenever the dev score improves, which equals reloading the best model at
+the end and testing it, without storing a checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from curvzo.data.example import Example
+from curvzo.loggers import MetricLogger
+from curvzo.optim.directions import mix64
+from curvzo.scoring import candidate_scores, classification_loss, encode_examples, predictions
+
+log = logging.getLogger(__name__)
+
+_DATA_ORDER_STREAM = 2  # sub-stream tag of the training data order (see optim.base._STEP_STREAM)
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """The fixed budget of one run (the ``budget`` config group) and its selection rule."""
+
+    max_steps: int
+    batch_size: int
+    eval_every: int
+    eval_batch_size: int
+    max_length: int
+    select_by: str = "dev_loss"  # dev_loss (MeZO) | dev_acc
+    max_nonfinite_streak: int = 10
+    log_every: int = 1
+
+
+@dataclass
+class LoopResult:
+    """What the run summary reports about training and evaluation."""
+
+    status: str = "finished"
+    steps: int = 0
+    forward_passes: int = 0
+    skipped_steps: int = 0
+    zero_shot: dict = field(default_factory=dict)
+    best: dict = field(default_factory=dict)
+    test_at_best: dict = field(default_factory=dict)
+    last_dev: dict = field(default_factory=dict)
+    train_time_s: float = 0.0
+
+
+@torch.inference_mode()
+def evaluate(model, tokenizer, examples: Sequence[Example], batch_size: int, max_length: int, device) -> dict:
+    """Mean candidate cross-entropy and accuracy of ``examples`` (eval mode, no dropout)."""
+    was_training = model.training
+    model.eval()
+    total_loss, correct = 0.0, 0
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start:start + batch_size]
+        batch = encode_examples(chunk, tokenizer, max_length).to(device)
+        scores = candidate_scores(model, batch)
+        total_loss += float(classification_loss(scores, batch.labels)) * len(chunk)
+        correct += int((predictions(scores) == batch.labels).sum())
+    model.train(was_training)
+    n = max(len(examples), 1)
+    return {"loss": total_loss / n, "acc": correct / n, "n": len(examples)}
+
+
+def training_batches(examples: Sequence[Example], batch_size: int, seed: int) -> Iterator[list[Example]]:
+    """Endless seeded epochs of shuffled minibatches (the last batch of an epoch may be short)."""
+    rng = np.random.default_rng(mix64(seed, _DATA_ORDER_STREAM))
+    while True:
+        order = rng.permutation(len(examples))
+        for start in range(0, len(order), batch_size):
+            yield [examples[i] for i in order[start:start + batch_size]]
+
+
+class TrainingLoop:
+    """Runs one fine-tuning job on prepared splits; ``optimizer=None`` evaluates only."""
+
+    def __init__(self, model, tokenizer, device, optimizer, scheduler, splits, settings: LoopSettings,
+                 logger: MetricLogger, seed: int, trajectory_file=None) -> None:
+        self.model, self.tokenizer, self.device = model, tokenizer, device
+        self.optimizer, self.scheduler = optimizer, scheduler
+        self.splits, self.settings, self.logger, self.seed = splits, settings, logger, seed
+        self.trajectory_file = trajectory_file
+        self.result = LoopResult()
+        self._start = time.perf_counter()
+
+    # evaluation ------------------------------------------------------------------------------
+    def _eval(self, examples) -> dict:
+        s = self.settings
+        return evaluate(self.model, self.tokenizer, examples, s.eval_batch_size, s.max_length, self.device)
+
+    def _dev_key(self, dev: dict) -> float:
+        return dev["loss"] if self.settings.select_by == "dev_loss" else -dev["acc"]
+
+    def evaluation_point(self, step: int) -> None:
+        """Score dev; if it is the best so far, score test too; log both."""
+        dev = self._eval(self.splits.dev) if self.splits.dev else {"loss": float("nan"), "acc": float("nan"), "n": 0}
+        row = {"eval/dev_loss": dev["loss"], "eval/dev_acc": dev["acc"]}
+        self.result.last_dev = {"step": step, **dev}
+        best = self.result.best
+        improved = not best or (math.isfinite(self._dev_key(dev)) and self._dev_key(dev) < best["key"])
+        if improved or step == 0:
+            test = self._eval(self.splits.test)
+            row.update({"eval/test_loss": test["loss"], "eval/test_acc": test["acc"]})
+            if step == 0:
+                self.result.zero_shot = {"test_acc": test["acc"], "test_loss": test["loss"],
+                                         "dev_acc": dev["acc"], "dev_loss": dev["loss"]}
+        if improved:
+            self.result.best = {"step": step, "key": self._dev_key(dev), "dev_loss": dev["loss"], "dev_acc": dev["acc"]}
+            self.result.test_at_best = {"step": step, "test_acc": test["acc"], "test_loss": test["loss"]}
+        row["eval/selected_step"] = self.result.best["step"]
+        self.logger.log_dict({**row, **self._counters()}, step=step)
+
+    def _counters(self) -> dict:
+        return {"zo/forward_passes": self.result.forward_passes, "time/elapsed_s": time.perf_counter() - self._start}
+
+    # training --------------------------------------------------------------------------------
+    def _zo_step(self, batch) -> float:
+        self.model.eval()  # ZO probes run without dropout (MeZO zo_forward)
+
+        def closure() -> torch.Tensor:
+            with torch.inference_mode():
+                return classification_loss(candidate_scores(self.model, batch), batch.labels)
+
+        loss = self.optimizer.step(closure)
+        self.result.forward_passes = self.optimizer.forward_passes
+        self.result.skipped_steps = self.optimizer.skipped_steps
+        return loss
+
+    def _first_order_step(self, batch) -> float:
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = classification_loss(candidate_scores(self.model, batch), batch.labels)
+        self.result.forward_passes += 1
+        if not torch.isfinite(loss):
+            self.result.skipped_steps += 1
+            return float("nan")
+        loss.backward()
+        self.optimizer.step()
+        return float(loss)
+
+    def run(self) -> LoopResult:
+        """Evaluate zero-shot, train for the budget (if there is an optimizer), return the result."""
+        s = self.settings
+        self.evaluation_point(0)
+        log.info("zero-shot: dev acc %.4f, test acc %.4f", self.result.zero_shot["dev_acc"], self.result.zero_shot["test_acc"])
+        if self.optimizer is None:
+            self.result.train_time_s = time.perf_counter() - self._start
+            return self.result
+        forward_only = getattr(self.optimizer, "forward_only", False)
+        batches = training_batches(self.splits.train, s.batch_size, self.seed)
+        streak = 0
+        bar = tqdm(total=s.max_steps, desc="train", unit="step", dynamic_ncols=True)
+        try:
+            for step in range(1, s.max_steps + 1):
+                t0 = time.perf_counter()
+                examples = next(batches)
+                batch = encode_examples(examples, self.tokenizer, s.max_length).to(self.device)
+                loss = self._zo_step(batch) if forward_only else self._first_order_step(batch)
+                lr = float(self.optimizer.param_groups[0]["lr"])
+                if self.scheduler is not None:
+                    self.scheduler.step()
+                self.result.steps = step
+                streak = streak + 1 if not math.isfinite(loss) else 0
+                self._log_step(step, loss, lr, time.perf_counter() - t0)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+                if streak >= s.max_nonfinite_streak:
+                    self.result.status = "stopped_nonfinite"
+                    log.error("stopping: %d non-finite losses in a row at step %d", streak, step)
+                    break
+                if step % s.eval_every == 0 or step == s.max_steps:
+                    self.evaluation_point(step)
+        finally:
+            bar.close()
+        self.result.train_time_s = time.perf_counter() - self._start
+        return self.result
+
+    def _log_step(self, step: int, loss: float, lr: float, step_time: float) -> None:
+        stats = dict(getattr(self.optimizer, "last_stats", {}) or {})
+        stats.setdefault("train/loss", loss)
+        stats.setdefault("zo/projected_grad", None)
+        stats["zo/forward_passes"] = self.result.forward_passes
+        stats["zo/skipped_steps"] = self.result.skipped_steps
+        if self.trajectory_file is not None and getattr(self.optimizer, "trajectory", None):
+            self.trajectory_file.write(json.dumps(self.optimizer.trajectory[-1]) + "\n")
+            self.trajectory_file.flush()
+        if step % self.settings.log_every == 0 or step == self.settings.max_steps:
+            self.logger.log_dict({**stats, "lr": lr, "sys/step_time_s": step_time,
+                                  "time/elapsed_s": time.perf_counter() - self._start}, step=step)

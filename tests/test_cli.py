@@ -1,0 +1,138 @@
+"""`curvzo-run` as a user runs it: one job, a sweep, bad input, help (subprocesses, tiny models)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import REPO_ROOT
+
+SMOKE = ["model=tiny-opt", "task=sst2", "optimizer=mezo", "budget=smoke", "optimizer.lr=1e-3"]
+METRIC_KEYS = {"step", "train/loss", "lr", "zo/projected_grad", "zo/forward_passes", "time/elapsed_s"}
+
+
+def curvzo_run(*args: str, cwd: Path = REPO_ROOT, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "curvzo.run", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_one_job_writes_config_metrics_and_summary(tmp_path, shared_data_dir):
+    out = tmp_path / "run"
+    proc = curvzo_run(*SMOKE, f"paths.data_dir={shared_data_dir}", f"hydra.run.dir={out}", "logger=jsonl")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert {"config.yaml", "metrics.jsonl", "summary.json", "trajectory.jsonl"} <= {p.name for p in out.iterdir()}
+    rows = read_jsonl(out / "metrics.jsonl")
+    train_rows = [r for r in rows if "train/loss" in r]
+    assert [r["step"] for r in train_rows] == [1, 2, 3, 4]
+    assert all(METRIC_KEYS <= set(r) for r in train_rows)
+    assert [r["zo/forward_passes"] for r in train_rows] == [2, 4, 6, 8]
+    assert [r["step"] for r in rows if "eval/dev_acc" in r] == [0, 2, 4]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "finished"
+    assert (summary["task"], summary["model"], summary["optimizer"], summary["seed"]) == ("sst2", "tiny-opt", "mezo", 0)
+    assert summary["steps"] == 4 and summary["forward_passes"] == 8
+    assert summary["data"] == {"source": summary["data"]["source"], "train": 16, "dev": 8, "test": 16}
+    for key in ("zero_shot", "best", "test_at_best_dev", "wall_time_s", "peak_mem_gb", "git_commit", "command"):
+        assert key in summary
+    assert 0 <= summary["test_at_best_dev"]["test_acc"] <= 1
+    config = (out / "config.yaml").read_text()
+    assert "lr: 0.001" in config and "???" not in config and "${" not in config
+    assert len(read_jsonl(out / "trajectory.jsonl")) == 4
+
+
+def test_same_command_twice_gives_identical_metrics(tmp_path, shared_data_dir):
+    rows = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        proc = curvzo_run(*SMOKE, f"paths.data_dir={shared_data_dir}", f"hydra.run.dir={out}", "logger=jsonl")
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        rows.append([{k: v for k, v in r.items() if not k.startswith(("time/", "sys/"))}
+                     for r in read_jsonl(out / "metrics.jsonl")])
+    assert rows[0] == rows[1]
+
+
+def test_multirun_runs_every_job(tmp_path, shared_data_dir):
+    sweep = tmp_path / "sweep"
+    proc = curvzo_run("-m", *SMOKE, "seed=0,1", f"paths.data_dir={shared_data_dir}", f"hydra.sweep.dir={sweep}",
+                      "logger=jsonl")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summaries = [json.loads((sweep / str(i) / "summary.json").read_text()) for i in (0, 1)]
+    assert [s["seed"] for s in summaries] == [0, 1]
+    assert all(s["status"] == "finished" for s in summaries)
+
+
+def test_named_sweep_file_runs_its_grid(tmp_path, shared_data_dir):
+    sweep = tmp_path / "sweep"
+    proc = curvzo_run("-cd", str(REPO_ROOT / "sweeps"), "-cn", "mezo_lr_smoke", f"paths.data_dir={shared_data_dir}",
+                      f"hydra.sweep.dir={sweep}")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summaries = sorted((json.loads(p.read_text()) for p in sweep.glob("*/summary.json")), key=lambda s: (s["lr"], s["seed"]))
+    assert [(s["lr"], s["seed"]) for s in summaries] == [(1e-4, 0), (1e-4, 1), (1e-3, 0), (1e-3, 1)]
+
+
+def test_wandb_offline_run_is_written_and_finished(tmp_path, shared_data_dir):
+    out = tmp_path / "run"
+    proc = curvzo_run(*SMOKE, f"paths.data_dir={shared_data_dir}", f"hydra.run.dir={out}", "logger.wandb.mode=offline")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    runs = list((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and any(runs[0].glob("*.wandb"))
+
+
+def _error_line(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def test_unknown_config_option_is_a_short_message(tmp_path):
+    proc = curvzo_run("optimizer=no_such_optimizer", f"hydra.run.dir={tmp_path / 'x'}")
+    assert proc.returncode != 0
+    assert "no_such_optimizer" in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.splitlines()) < 20
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("optimizer.lr=-1", "optimizer.lr must be"),
+    ("optimizer.eps=0", "optimizer.eps must be"),
+    ("budget.max_steps=0", "budget.max_steps must be"),
+    ("paths.data_dir=/nonexistent/data", "/nonexistent/data"),
+])
+def test_bad_values_fail_before_the_model_loads(tmp_path, override, needle):
+    out = tmp_path / "run"
+    proc = curvzo_run(*SMOKE, "paths.data_dir=/unused", override, f"hydra.run.dir={out}", "logger=jsonl")
+    line = _error_line(proc)
+    assert proc.returncode == 2
+    assert line.startswith("error: ") and needle in line
+    assert not (out / "metrics.jsonl").exists()
+
+
+def test_malformed_data_line_names_file_and_line(tmp_path, shared_data_dir):
+    data = tmp_path / "data"
+    sst2 = data / "glue" / "SST-2"
+    sst2.mkdir(parents=True)
+    shutil.copy(shared_data_dir / "glue" / "SST-2" / "dev.tsv", sst2 / "dev.tsv")
+    lines = (shared_data_dir / "glue" / "SST-2" / "train.tsv").read_text().splitlines()[:40]
+    lines[7] = "a sentence without a label"
+    (sst2 / "train.tsv").write_text("\n".join(lines) + "\n")
+    proc = curvzo_run(*SMOKE, f"paths.data_dir={data}", f"hydra.run.dir={tmp_path / 'run'}", "logger=jsonl")
+    line = _error_line(proc)
+    assert "train.tsv:8" in line
+
+
+def test_help_and_cfg_job():
+    proc = curvzo_run("--help")
+    assert proc.returncode == 0 and "optimizer: fo_adam, mezo, none" in proc.stdout
+    proc = curvzo_run("--cfg", "job", "model=tiny-opt")
+    assert proc.returncode == 0 and "_target_: curvzo.models.build_tiny_causal_lm" in proc.stdout

@@ -1,0 +1,104 @@
+"""Every config option composes, resolves and instantiates; presets compose (LHT test_configs)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import OmegaConf
+
+from curvzo.errors import ConfigError
+from curvzo.job import optimizer_kwargs, validate_config
+from curvzo.run import CONFIG_DIR
+from curvzo.utils.instantiate import instantiate
+from tests.helpers import REPO_ROOT
+
+GROUPS = ("model", "task", "optimizer", "peft", "budget", "logger", "paths", "experiment")
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (REPO_ROOT / "conf" / group).glob("*.yaml"))
+
+
+def compose_cfg(overrides: list[str]):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("config", overrides=overrides, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+@pytest.fixture(autouse=True)
+def _clear_hydra():
+    yield
+    GlobalHydra.instance().clear()
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in options(g)])
+def test_every_option_composes_and_resolves(group, option):
+    cfg = compose_cfg([f"{group}={option}", "paths.data_dir=/data"])
+    job = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    container = OmegaConf.to_container(job, resolve=True)  # every interpolation resolves
+    assert container[group if group != "experiment" else "task"]
+
+
+def test_group_options_exist():
+    assert {"smollm2-135m", "opt-125m", "opt-1.3b", "opt-2.7b", "opt-6.7b", "opt-13b", "llama2-7b", "llama2-13b",
+            "tiny-opt", "tiny-llama"} <= set(options("model"))
+    assert {"sst2", "rte", "cb", "boolq", "tweets"} <= set(options("task"))
+    assert {"mezo", "fo_adam", "none"} <= set(options("optimizer"))
+    assert {"smoke", "quickstart", "mezo", "ft"} <= set(options("budget"))
+
+
+@pytest.mark.parametrize("option", [o for o in options("optimizer") if o != "none"])
+def test_every_optimizer_instantiates_on_plain_parameters(option):
+    cfg = compose_cfg([f"optimizer={option}", "optimizer.lr=1e-3"])
+    opt = instantiate(optimizer_kwargs(cfg), "optimizer")([torch.nn.Parameter(torch.zeros(3))])
+    assert isinstance(opt, torch.optim.Optimizer)
+    assert opt.param_groups[0]["lr"] == 1e-3
+
+
+@pytest.mark.parametrize("option", options("task"))
+def test_every_task_instantiates_without_io(option):
+    cfg = compose_cfg([f"task={option}"])
+    task = instantiate(cfg.task, "task")
+    assert task.name == option
+
+
+def test_default_job_is_smollm2_tweets_mezo_with_a_tuned_lr():
+    cfg = compose_cfg([])
+    choices = cfg.hydra.runtime.choices
+    assert (choices.model, choices.task, choices.optimizer, choices.peft) == ("smollm2-135m", "tweets", "mezo", "full")
+    assert cfg.optimizer.lr > 0  # from conf/model_optimizer/smollm2-135m_mezo.yaml
+    validate_config(cfg)
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("optimizer.lr=-1", "optimizer.lr"),
+    ("optimizer.lr=0", "optimizer.lr"),
+    ("optimizer.eps=0", "optimizer.eps"),
+    ("budget.max_steps=0", "budget.max_steps"),
+    ("budget.batch_size=0", "budget.batch_size"),
+    ("select_by=test_acc", "select_by"),
+    ("logger.wandb.mode=sometimes", "logger.wandb.mode"),
+    ("optimizer.lr=abc", "optimizer.lr"),
+])
+def test_invalid_values_are_one_line_config_errors(override, needle):
+    cfg = compose_cfg([override])
+    with pytest.raises(ConfigError) as err:
+        validate_config(cfg)
+    assert needle in str(err.value) and "\n" not in str(err.value)
+
+
+def test_missing_lr_names_the_key():
+    cfg = compose_cfg(["model=tiny-opt"])  # no model_optimizer file for tiny-opt: lr stays ???
+    with pytest.raises(ConfigError, match="optimizer.lr is required"):
+        validate_config(cfg)
+
+
+def test_disallowed_target_is_refused():
+    cfg = compose_cfg(["+task.evil._target_=os.system"])
+    with pytest.raises(ConfigError, match="not an allowed target"):
+        validate_config(cfg)
