@@ -186,7 +186,7 @@ def run_job(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
             "last_dev": result.last_dev,
             "train_time_s": result.train_time_s,
             "wall_time_s": time.perf_counter() - started,
-            "sec_per_step": (result.train_time_s / result.steps) if result.steps else None,
+            "sec_per_step": (result.step_time_s / result.steps) if result.steps else None,
             **peak_memory(),
         })
         write_summary(output_dir, summary)

@@ -1,10 +1,10 @@
 """The explicit training loop: ZO or first-order steps, dev evaluation, best-dev selection.
 
 Selection follows protocol.md §8: at step 0 and every ``eval_every`` steps (and at the last step)
-the dev set is scored; the kept model is the best by ``select_by`` (dev loss, as MeZO's
-``load_best_model_at_end``, or dev accuracy). The test set never drives a choice: it is scored at
-step 0 (zero-shot) and whenever the dev score improves, which equals reloading the best model at
-the end and testing it, without storing a checkpoint.
+dev and test are scored; the kept model is the best by ``select_by`` (dev loss, as MeZO's
+``load_best_model_at_end``, or dev accuracy), and the reported test score is the one at that
+point. This equals reloading the best model at the end and testing it, without a checkpoint. The
+test score never drives a choice.
 """
 
 from __future__ import annotations
@@ -56,7 +56,8 @@ class LoopResult:
     best: dict = field(default_factory=dict)
     test_at_best: dict = field(default_factory=dict)
     last_dev: dict = field(default_factory=dict)
-    train_time_s: float = 0.0
+    train_time_s: float = 0.0  # training and in-loop evaluation
+    step_time_s: float = 0.0  # optimizer steps only (data, forward passes, perturbations, update)
 
 
 @torch.inference_mode()
@@ -65,8 +66,10 @@ def evaluate(model, tokenizer, examples: Sequence[Example], batch_size: int, max
     was_training = model.training
     model.eval()
     total_loss, correct = 0.0, 0
-    for start in range(0, len(examples), batch_size):
-        chunk = examples[start:start + batch_size]
+    # similar lengths share a batch, so little compute goes to padding; each score is per example
+    ordered = sorted(examples, key=lambda ex: len(ex.prompt) + max(len(o) for o in ex.options))
+    for start in range(0, len(ordered), batch_size):
+        chunk = ordered[start:start + batch_size]
         batch = encode_examples(chunk, tokenizer, max_length).to(device)
         scores = candidate_scores(model, batch)
         total_loss += float(classification_loss(scores, batch.labels)) * len(chunk)
@@ -106,18 +109,17 @@ class TrainingLoop:
         return dev["loss"] if self.settings.select_by == "dev_loss" else -dev["acc"]
 
     def evaluation_point(self, step: int) -> None:
-        """Score dev; if it is the best so far, score test too; log both."""
+        """Score dev and test, update the dev-selected best, log both."""
         dev = self._eval(self.splits.dev) if self.splits.dev else {"loss": float("nan"), "acc": float("nan"), "n": 0}
         row = {"eval/dev_loss": dev["loss"], "eval/dev_acc": dev["acc"]}
         self.result.last_dev = {"step": step, **dev}
+        test = self._eval(self.splits.test)
+        row.update({"eval/test_loss": test["loss"], "eval/test_acc": test["acc"]})
+        if step == 0:
+            self.result.zero_shot = {"test_acc": test["acc"], "test_loss": test["loss"],
+                                     "dev_acc": dev["acc"], "dev_loss": dev["loss"]}
         best = self.result.best
         improved = not best or (math.isfinite(self._dev_key(dev)) and self._dev_key(dev) < best["key"])
-        if improved or step == 0:
-            test = self._eval(self.splits.test)
-            row.update({"eval/test_loss": test["loss"], "eval/test_acc": test["acc"]})
-            if step == 0:
-                self.result.zero_shot = {"test_acc": test["acc"], "test_loss": test["loss"],
-                                         "dev_acc": dev["acc"], "dev_loss": dev["loss"]}
         if improved:
             self.result.best = {"step": step, "key": self._dev_key(dev), "dev_loss": dev["loss"], "dev_acc": dev["acc"]}
             self.result.test_at_best = {"step": step, "test_acc": test["acc"], "test_loss": test["loss"]}
@@ -175,7 +177,9 @@ class TrainingLoop:
                     self.scheduler.step()
                 self.result.steps = step
                 streak = streak + 1 if not math.isfinite(loss) else 0
-                self._log_step(step, loss, lr, time.perf_counter() - t0)
+                step_time = time.perf_counter() - t0
+                self.result.step_time_s += step_time
+                self._log_step(step, loss, lr, step_time)
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
                 if streak >= s.max_nonfinite_streak:
