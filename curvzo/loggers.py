@@ -72,7 +72,7 @@ class WandbLogger:
         tags: list[str] | None = None,
     ) -> None:
         self._run = None
-        self._failed = False
+        self._failed = False  # after the first failing call, nothing more is sent
         try:
             import wandb
 
@@ -97,30 +97,27 @@ class WandbLogger:
         if not self._failed:
             log.warning("W&B logging disabled for this run: %s", str(err).splitlines()[0] if str(err) else err)
         self._failed = True
-        self._run = None
 
-    def _call(self, fn, *args, **kwargs) -> None:
-        if self._run is None:
+    def _call(self, fn) -> None:
+        if self._run is None or self._failed:
             return
         try:
-            fn(*args, **kwargs)
+            fn()
         except Exception as err:
             self._warn(err)
 
     def log_config(self, config: dict) -> None:
-        if self._run is not None:
-            self._call(self._run.config.update, config, allow_val_change=True)
+        self._call(lambda: self._run.config.update(config, allow_val_change=True))
 
     def log_dict(self, payload: dict[str, Any], step: int) -> None:
-        if self._run is not None:
-            self._call(self._run.log, {k: _jsonable(v) for k, v in payload.items()}, step=step)
+        self._call(lambda: self._run.log({k: _jsonable(v) for k, v in payload.items()}, step=step))
 
     def log_summary(self, summary: dict[str, Any]) -> None:
-        if self._run is not None:
-            flat = {k: v for k, v in summary.items() if isinstance(v, (int, float, str, bool))}
-            self._call(self._run.summary.update, flat)
+        flat = {k: v for k, v in summary.items() if isinstance(v, (int, float, str, bool))}
+        self._call(lambda: self._run.summary.update(flat))
 
     def close(self, status: str = "finished") -> None:
+        """Finish the W&B run, also after a failed call, so it is never left open."""
         if self._run is not None:
             run, self._run = self._run, None
             try:

@@ -1,0 +1,1 @@
+"""Table and figure builders that read run outputs (summary.json, metrics.jsonl)."""

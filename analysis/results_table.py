@@ -1,0 +1,99 @@
+"""Collect every run's summary.json under a directory into one table, mean ± std over seeds.
+
+    python -m analysis.results_table multirun/            # print the table
+    python -m analysis.results_table multirun/ --csv results.csv --runs-csv runs.csv
+
+One row per configuration (task, model, optimizer, peft, budget, lr, eps); accuracies are in
+percent, as the papers report them. Only finished runs enter the aggregate; the others are
+counted in the ``failed`` column so a broken sweep cannot look complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+CONFIG_COLUMNS = ["task", "model", "optimizer", "peft", "budget", "lr", "eps"]
+
+
+def load_runs(root: str | Path) -> pd.DataFrame:
+    """One row per summary.json found below ``root`` (recursively)."""
+    rows = []
+    for path in sorted(Path(root).rglob("summary.json")):
+        try:
+            summary = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise SystemExit(f"error: {path}: not valid JSON ({err.msg}, line {err.lineno})") from None
+        rows.append({
+            **{key: summary.get(key) for key in CONFIG_COLUMNS},
+            "seed": summary.get("seed"),
+            "status": summary.get("status"),
+            "zero_shot_acc": _percent(summary.get("zero_shot", {}).get("test_acc")),
+            "test_acc": _percent(summary.get("test_at_best_dev", {}).get("test_acc")),
+            "best_dev_acc": _percent(summary.get("best", {}).get("dev_acc")),
+            "selected_step": summary.get("best", {}).get("step"),
+            "steps": summary.get("steps"),
+            "forward_passes": summary.get("forward_passes"),
+            "sec_per_step": summary.get("sec_per_step"),
+            "wall_time_s": summary.get("wall_time_s"),
+            "run_dir": str(path.parent),
+        })
+    return pd.DataFrame(rows)
+
+
+def _percent(value: float | None) -> float | None:
+    return None if value is None else 100.0 * value
+
+
+def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
+    """Mean and sample standard deviation over seeds of the finished runs of each configuration."""
+    keys = [c for c in CONFIG_COLUMNS if c in runs]
+    grouped = runs.assign(finished=runs["status"] == "finished").groupby(keys, sort=True, dropna=False)
+    table = grouped.apply(_summarise, include_groups=False).reset_index()
+    return table.astype({"seeds": int, "failed": int})
+
+
+def _summarise(group: pd.DataFrame) -> pd.Series:
+    done = group[group["finished"]]
+    return pd.Series({
+        "seeds": len(done),
+        "failed": int((~group["finished"]).sum()),
+        "zero_shot_acc": done["zero_shot_acc"].mean(),
+        "test_acc": done["test_acc"].mean(),
+        "test_acc_std": done["test_acc"].std(ddof=1) if len(done) > 1 else float("nan"),
+        "best_dev_acc": done["best_dev_acc"].mean(),
+        "forward_passes": done["forward_passes"].mean(),
+        "sec_per_step": done["sec_per_step"].mean(),
+    })
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("root", help="directory searched recursively for summary.json (e.g. multirun/)")
+    parser.add_argument("--csv", help="write the aggregated table here")
+    parser.add_argument("--runs-csv", help="write the per-run table here")
+    args = parser.parse_args(argv)
+    if not Path(args.root).is_dir():
+        print(f"error: {args.root}: no such directory", file=sys.stderr)
+        return 2
+    runs = load_runs(args.root)
+    if runs.empty:
+        print(f"error: no summary.json below {args.root}", file=sys.stderr)
+        return 2
+    table = aggregate(runs)
+    if args.runs_csv:
+        runs.to_csv(args.runs_csv, index=False)
+    if args.csv:
+        table.to_csv(args.csv, index=False)
+    hyper = {c: (lambda v: "-" if pd.isna(v) else f"{v:g}") for c in ("lr", "eps")}
+    with pd.option_context("display.width", 200, "display.max_columns", None, "display.precision", 1):
+        print(table.to_string(index=False, formatters=hyper, na_rep="-"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

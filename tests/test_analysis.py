@@ -1,0 +1,44 @@
+"""The results table: mean ± std over seeds of finished runs, failures counted, not averaged."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from analysis.results_table import aggregate, load_runs, main
+
+
+def write_summary(root, name, *, optimizer, lr, seed, test_acc, status="finished"):
+    run = root / name
+    run.mkdir(parents=True)
+    summary = {"task": "sst2", "model": "opt-125m", "optimizer": optimizer, "peft": "full", "budget": "mezo",
+               "lr": lr, "eps": 1e-3, "seed": seed, "status": status, "steps": 10, "forward_passes": 20,
+               "zero_shot": {"test_acc": 0.5}, "best": {"step": 5, "dev_acc": 0.6},
+               "test_at_best_dev": {"test_acc": test_acc}, "sec_per_step": 0.5, "wall_time_s": 9.0}
+    (run / "summary.json").write_text(json.dumps(summary))
+
+
+def test_seeds_are_averaged_and_failures_counted(tmp_path):
+    write_summary(tmp_path, "0", optimizer="mezo", lr=1e-6, seed=0, test_acc=0.80)
+    write_summary(tmp_path, "1", optimizer="mezo", lr=1e-6, seed=1, test_acc=0.90)
+    write_summary(tmp_path, "2", optimizer="mezo", lr=1e-6, seed=2, test_acc=0.10, status="stopped_nonfinite")
+    write_summary(tmp_path, "sub/3", optimizer="mezo", lr=1e-7, seed=0, test_acc=0.70)
+    runs = load_runs(tmp_path)
+    assert len(runs) == 4
+    table = aggregate(runs).set_index("lr")
+    assert table.loc[1e-6, "seeds"] == 2 and table.loc[1e-6, "failed"] == 1
+    assert table.loc[1e-6, "test_acc"] == pytest.approx(85.0)
+    assert table.loc[1e-6, "test_acc_std"] == pytest.approx(math.sqrt(50.0))  # sample std of 80, 90
+    assert table.loc[1e-7, "test_acc"] == pytest.approx(70.0) and math.isnan(table.loc[1e-7, "test_acc_std"])
+    assert table.loc[1e-6, "zero_shot_acc"] == pytest.approx(50.0)
+
+
+def test_cli_writes_csv_and_refuses_an_empty_directory(tmp_path, capsys):
+    write_summary(tmp_path / "runs", "0", optimizer="mezo", lr=1e-6, seed=0, test_acc=0.8)
+    assert main([str(tmp_path / "runs"), "--csv", str(tmp_path / "t.csv")]) == 0
+    assert "80.0" in capsys.readouterr().out and (tmp_path / "t.csv").read_text().startswith("task,model")
+    (tmp_path / "empty").mkdir()
+    assert main([str(tmp_path / "empty")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: no summary.json below {tmp_path / 'empty'}"
