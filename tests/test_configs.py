@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -102,3 +104,39 @@ def test_disallowed_target_is_refused():
     cfg = compose_cfg(["+task.evil._target_=os.system"])
     with pytest.raises(ConfigError, match="not an allowed target"):
         validate_config(cfg)
+
+
+def launch_commands() -> list[tuple[str, str]]:
+    """(file, command) for every '# launch: curvzo-run ...' line in conf/, experiments/, sweeps/."""
+    found = []
+    for folder in ("conf", "experiments", "sweeps"):
+        for path in sorted((REPO_ROOT / folder).rglob("*.yaml")):
+            for line in path.read_text().splitlines():
+                if line.lstrip("# ").startswith("launch: curvzo-run"):
+                    command = line.split("launch:", 1)[1].split("  (")[0].strip()  # drop a trailing note
+                    found.append((str(path.relative_to(REPO_ROOT)), command))
+    return found
+
+
+@pytest.mark.parametrize("where,command", launch_commands())
+def test_every_documented_launch_command_composes_and_validates(where, command):
+    args = shlex.split(command)[1:]
+    config_dir, config_name, overrides = CONFIG_DIR, "config", []
+    while args:
+        arg = args.pop(0)
+        if arg == "-cd":  # --config-dir: the primary config comes from there, the groups from conf/
+            config_dir = str(REPO_ROOT / args.pop(0))
+            overrides.append(f"hydra.searchpath=[file://{CONFIG_DIR}]")
+        elif arg == "-cn":
+            config_name = args.pop(0)
+        elif arg != "-m":
+            overrides.append(arg)
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
+        cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+        # a sweep file's grid: check its first job
+        grid = cfg.hydra.sweeper.get("params") or {}
+        first_job = [f"{key}={str(values).split(',')[0]}" for key, values in grid.items()]
+        cfg = compose(config_name, overrides=overrides + first_job, return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    validate_config(cfg)  # what runs before any data or model is touched
