@@ -16,7 +16,9 @@ import sys
 from pathlib import Path
 
 import hydra
+from hydra._internal.utils import get_args_parser
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
@@ -28,8 +30,37 @@ log = logging.getLogger("curvzo")
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
+def main() -> None:
+    """Console entry point: check the chosen group options, then hand over to Hydra."""
+    problem = unknown_group_option(sys.argv[1:])
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        sys.exit(2)
+    hydra_app()
+
+
+def unknown_group_option(argv: list[str]) -> str | None:
+    """The first ``group=option`` naming no config file, as one line; Hydra's own report is a page."""
+    args, _ = get_args_parser().parse_known_args(argv)
+    search_dirs = [Path(d) for d in (args.config_dir, CONFIG_DIR) if d]
+    try:
+        overrides = OverridesParser.create().parse_overrides(args.overrides)
+    except Exception:  # malformed override: Hydra reports the syntax error itself
+        return None
+    for override in overrides:
+        group_dirs = [d / override.key_or_group for d in search_dirs if (d / override.key_or_group).is_dir()]
+        if not group_dirs or override.is_delete() or override.value() is None:
+            continue
+        available = sorted({p.stem for d in group_dirs for p in d.glob("*.yaml")})
+        values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.get_value_element_as_str()]
+        for value in values:
+            if value not in available:
+                return f"{override.key_or_group}={value}: no such option (choose from {', '.join(available)})"
+    return None
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
-def main(cfg: DictConfig) -> float | None:
+def hydra_app(cfg: DictConfig) -> float | None:
     """Run one job; a bad config, data file or model gives one line on stderr, not a traceback."""
     hydra_cfg = HydraConfig.get()
     output_dir = Path(hydra_cfg.runtime.output_dir)

@@ -95,7 +95,7 @@ def test_invalid_values_are_one_line_config_errors(override, needle):
 
 
 def test_missing_lr_names_the_key():
-    cfg = compose_cfg(["model=tiny-opt"])  # no model_optimizer file for tiny-opt: lr stays ???
+    cfg = compose_cfg(["model=opt-125m"])  # no model_optimizer file for opt-125m: lr stays ???
     with pytest.raises(ConfigError, match="optimizer.lr is required"):
         validate_config(cfg)
 
