@@ -42,3 +42,25 @@ def test_cli_writes_csv_and_refuses_an_empty_directory(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main([str(tmp_path / "empty")]) == 2
     assert capsys.readouterr().err.strip() == f"error: no summary.json below {tmp_path / 'empty'}"
+
+
+def test_dev_curves_follow_forward_passes_and_draw(tmp_path, capsys):
+    from analysis.dev_curves import curve_table, load_curves
+    from analysis.dev_curves import main as curves_main
+
+    for name, optimizer, accs in (("a", "mezo", [0.5, 0.6, 0.7]), ("b", "curvzo", [0.5, 0.65, 0.6])):
+        write_summary(tmp_path, name, optimizer=optimizer, lr=1e-4, seed=0, test_acc=0.7)
+        rows = [{"step": 0, "eval/dev_acc": accs[0], "eval/test_acc": 0.5}]
+        for step in (1, 2, 3, 4):
+            rows.append({"step": step, "train/loss": 1.0, "zo/forward_passes": 2 * step})
+            if step % 2 == 0:
+                rows.append({"step": step, "eval/dev_acc": accs[step // 2], "eval/test_acc": 0.6})
+        (tmp_path / name / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    curves = load_curves(tmp_path)
+    mezo = curves[curves["optimizer"] == "mezo"]
+    assert mezo["forward_passes"].tolist() == [0, 4, 8]
+    assert mezo["dev_acc"].tolist() == pytest.approx([50.0, 60.0, 70.0])
+    table = curve_table(curves).set_index("optimizer")
+    assert table.loc["curvzo", 2] == pytest.approx(65.0)
+    assert curves_main([str(tmp_path), "--png", str(tmp_path / "c.png")]) == 0
+    assert (tmp_path / "c.png").stat().st_size > 1000

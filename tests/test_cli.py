@@ -101,7 +101,7 @@ def _error_line(proc: subprocess.CompletedProcess) -> str:
 def test_unknown_config_option_is_one_line(tmp_path, args):
     proc = curvzo_run(*args, f"hydra.run.dir={tmp_path / 'x'}")
     assert proc.returncode == 2
-    assert proc.stderr == "error: optimizer=no_such_optimizer: no such option (choose from fo_adam, mezo, none)\n"
+    assert proc.stderr == "error: optimizer=no_such_optimizer: no such option (choose from curvzo, curvzo_fixed, curvzo_uniform, fo_adam, mezo, none)\n"
     assert not (tmp_path / "x").exists()
 
 
@@ -135,7 +135,33 @@ def test_malformed_data_line_names_file_and_line(tmp_path, shared_data_dir):
 
 def test_help_and_cfg_job():
     proc = curvzo_run("--help")
-    assert proc.returncode == 0 and "optimizer: fo_adam, mezo, none" in proc.stdout
+    assert proc.returncode == 0 and "optimizer: curvzo, curvzo_fixed, curvzo_uniform, fo_adam, mezo, none" in proc.stdout
     assert proc.stdout.startswith("curvzo-run is powered by Hydra")
     proc = curvzo_run("--cfg", "job", "model=tiny-opt")
     assert proc.returncode == 0 and "_target_: curvzo.models.build_tiny_causal_lm" in proc.stdout
+
+
+CURVZO_KEYS = {"curvzo/budget_f", "curvzo/expected_selected", "curvzo/num_selected", "curvzo/selected_numel_frac",
+               "curvzo/d_eff", "curvzo/entropy", "curvzo/pi_min", "curvzo/pi_max", "curvzo/max_inv_pi_selected"}
+
+
+@pytest.mark.parametrize("preset", ["curvzo", "curvzo_uniform", "curvzo_fixed"])
+def test_curvzo_presets_run_and_log_their_diagnostics(tmp_path, shared_data_dir, preset):
+    out = tmp_path / "run"
+    proc = curvzo_run("model=tiny-opt", "task=sst2", f"optimizer={preset}", "budget=smoke", "budget.max_steps=6",
+                      "optimizer.budget_every=2", f"paths.data_dir={shared_data_dir}", f"hydra.run.dir={out}",
+                      "logger=jsonl")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [r for r in read_jsonl(out / "metrics.jsonl") if "train/loss" in r]
+    assert len(rows) == 6 and all(CURVZO_KEYS <= set(r) for r in rows)
+    assert [r["zo/forward_passes"] for r in rows] == [2, 4, 6, 8, 10, 12]
+    fractions = [r["curvzo/budget_f"] for r in rows]
+    if preset == "curvzo_fixed":
+        assert fractions == [0.4] * 6
+    else:
+        assert fractions[0] == 0.4 and len(set(fractions)) > 1  # adaptive: moves every 2 steps here
+    if preset == "curvzo_uniform":
+        assert all(r["curvzo/pi_min"] == r["curvzo/pi_max"] == r["curvzo/budget_f"] for r in rows)
+    else:
+        assert all(r["curvzo/pi_min"] < r["curvzo/pi_max"] for r in rows[1:])
+    assert json.loads((out / "summary.json").read_text())["optimizer"] == preset

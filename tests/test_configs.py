@@ -50,7 +50,7 @@ def test_group_options_exist():
     assert {"smollm2-135m", "opt-125m", "opt-1.3b", "opt-2.7b", "opt-6.7b", "opt-13b", "llama2-7b", "llama2-13b",
             "tiny-opt", "tiny-llama"} <= set(options("model"))
     assert {"sst2", "rte", "cb", "boolq", "tweets"} <= set(options("task"))
-    assert {"mezo", "fo_adam", "none"} <= set(options("optimizer"))
+    assert {"mezo", "fo_adam", "none", "curvzo", "curvzo_uniform", "curvzo_fixed"} <= set(options("optimizer"))
     assert {"smoke", "quickstart", "mezo", "ft"} <= set(options("budget"))
 
 
@@ -69,11 +69,11 @@ def test_every_task_instantiates_without_io(option):
     assert task.name == option
 
 
-def test_default_job_is_smollm2_tweets_mezo_with_a_tuned_lr():
+def test_default_job_is_smollm2_tweets_curvzo_with_a_tuned_lr():
     cfg = compose_cfg([])
     choices = cfg.hydra.runtime.choices
-    assert (choices.model, choices.task, choices.optimizer, choices.peft) == ("smollm2-135m", "tweets", "mezo", "full")
-    assert cfg.optimizer.lr > 0  # from conf/model_optimizer/smollm2-135m_mezo.yaml
+    assert (choices.model, choices.task, choices.optimizer, choices.peft) == ("smollm2-135m", "tweets", "curvzo", "full")
+    assert cfg.optimizer.lr > 0  # from conf/model_optimizer/smollm2-135m_curvzo.yaml
     validate_config(cfg)
 
 

@@ -104,7 +104,7 @@ class ZerothOrderOptimizer(torch.optim.Optimizer):
     def skip(self, step: int, seed: int, losses: tuple[float, ...]) -> None:
         """Count a step whose probe loss was not finite; the weights are already restored."""
         self.skipped_steps += 1
-        self.record(step=step, seed=seed, projected_grad=None, lr=self.lrs(), skipped=True)
+        self.record(step=step, seed=seed, projected_grad=None, lr=self.lrs(), losses=list(losses), skipped=True)
         self.last_stats = {
             "train/loss": float("nan"),
             "zo/skipped_steps": self.skipped_steps,

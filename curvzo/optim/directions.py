@@ -76,6 +76,14 @@ class DirectionSampler:
         for view, z in self.chunks(tensor, seed, block):
             view.add_(z, alpha=alpha)
 
+    def add_with_squared_norm_(self, tensor: torch.Tensor, seed: int, block: int, alpha: float) -> float:
+        """``add_`` that also returns ||z_b||^2 from the same draws (no extra RNG pass)."""
+        total = 0.0
+        for view, z in self.chunks(tensor, seed, block):
+            view.add_(z, alpha=alpha)
+            total += float(torch.dot(z, z))
+        return total
+
     def squared_norm(self, tensor: torch.Tensor, seed: int, block: int) -> float:
         """||z_b||^2 in float32 accumulated in float64 (CurvZO's energy term)."""
         return sum(float(z.double().square().sum()) for _, z in self.chunks(tensor, seed, block))

@@ -1,0 +1,247 @@
+"""CurvZO: curvature-guided sparse ZO with Horvitz–Thompson correction and an adaptive budget.
+
+Wang, Chen, Tang, "CurvZO: Adaptive Curvature-Guided Sparse Zeroth-Order Optimization for Efficient
+LLM Fine-Tuning" (arXiv 2603.21725). Normative spec: optimizers.md §11. Each step samples a subset
+of blocks (trainable tensors) with probabilities pi ∝ sqrt(S) water-filled to the budget, runs
+MeZO's two-point probe on the sampled blocks only, updates them with the HT factor 1/pi, feeds
+the scalar feedback back into the per-block curvature score S, and every T_B steps moves the
+budget fraction f towards what the spread of S asks for.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from curvzo.errors import ConfigError
+from curvzo.optim.base import ZerothOrderOptimizer, check_nonnegative, check_positive
+from curvzo.optim.block_sampling import (
+    adaptive_budget,
+    fixed_size_sample,
+    inclusion_probabilities,
+    poisson_sample,
+    support_and_entropy,
+)
+from curvzo.optim.directions import mix64
+
+_SAMPLER_STREAM = 3  # sub-stream tag of the block draws (step seeds use 1, data order 2)
+
+_CHOICES = {
+    "sampling": ("curvature", "uniform"),
+    "design": ("poisson", "fixed_size"),
+    "score": ("delta_sq", "normalized_abs"),
+    "update_unselected": ("hold", "decay"),
+    "budget_mode": ("adaptive", "fixed"),
+    "entropy_term": ("one_minus_h", "h"),
+    "budget_unit": ("tensors", "numel"),
+}
+
+
+def _check_fraction(name: str, value: float, *, allow_zero: bool = False) -> float:
+    low_ok = value >= 0 if allow_zero else value > 0
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not (low_ok and value <= 1):
+        bound = "[0, 1]" if allow_zero else "(0, 1]"
+        raise ConfigError(f"optimizer.{name} must be in {bound}, got {value!r}")
+    return float(value)
+
+
+class CurvZO(ZerothOrderOptimizer):
+    """Sparse two-point ZO over sampled blocks; see the module docstring and optimizers.md §11.
+
+    Every keyword mirrors ``conf/optimizer/curvzo.yaml``, where each default carries its source.
+    Optimizer state (S, f, G) is float32 / Python floats whatever the model dtype.
+    """
+
+    def __init__(
+        self,
+        params: Any,
+        lr: float,
+        eps: float = 1e-3,
+        weight_decay: float = 0.0,
+        *,
+        seed: int = 0,
+        sampling: str = "curvature",
+        sampling_power: float = 0.5,
+        design: str = "poisson",
+        score: str = "delta_sq",
+        score_normalize_numel: bool = False,
+        score_init: float = 0.01,
+        score_beta: float = 0.1,
+        score_floor: float = 1e-12,
+        update_unselected: str = "hold",
+        global_beta: float = 0.1,
+        ht_correction: bool = True,
+        explore: float = 0.1,
+        pi_floor: float = 0.0,
+        budget_mode: str = "adaptive",
+        fixed_fraction: float = 0.4,
+        budget_init: float = 0.4,
+        budget_min: float = 0.1,
+        budget_max: float = 0.8,
+        budget_every: int = 20,
+        budget_alpha: float = 0.7,
+        budget_beta: float = 0.1,
+        entropy_term: str = "one_minus_h",
+        budget_unit: str = "tensors",
+        fuse_restore_update: bool = False,
+    ) -> None:
+        self.eps = check_positive("eps", eps)
+        for name, value in (("sampling", sampling), ("design", design), ("score", score),
+                            ("update_unselected", update_unselected), ("budget_mode", budget_mode),
+                            ("entropy_term", entropy_term), ("budget_unit", budget_unit)):
+            if value not in _CHOICES[name]:
+                raise ConfigError(f"optimizer.{name} must be one of {', '.join(_CHOICES[name])}, got {value!r}")
+        super().__init__(params, {"lr": lr, "weight_decay": weight_decay}, seed=seed)
+        self.sampling, self.design, self.score = sampling, design, score
+        self.update_unselected, self.budget_mode = update_unselected, budget_mode
+        self.entropy_term, self.budget_unit = entropy_term, budget_unit
+        self.sampling_power = check_positive("sampling_power", sampling_power)
+        self.score_normalize_numel = bool(score_normalize_numel)
+        self.score_beta = _check_fraction("score_beta", score_beta)
+        self.score_floor = check_positive("score_floor", score_floor)
+        self.global_beta = _check_fraction("global_beta", global_beta)
+        self.ht_correction = bool(ht_correction)
+        self.explore = _check_fraction("explore", explore, allow_zero=True)
+        self.pi_floor = _check_fraction("pi_floor", pi_floor, allow_zero=True)
+        self.budget_min = _check_fraction("budget_min", budget_min)
+        self.budget_max = _check_fraction("budget_max", budget_max)
+        if self.budget_min > self.budget_max:
+            raise ConfigError(f"optimizer.budget_min ({budget_min}) must not exceed optimizer.budget_max ({budget_max})")
+        self.budget_every = int(check_positive("budget_every", budget_every))
+        self.budget_alpha = _check_fraction("budget_alpha", budget_alpha, allow_zero=True)
+        self.budget_beta = _check_fraction("budget_beta", budget_beta, allow_zero=True)
+        self.fuse_restore_update = bool(fuse_restore_update)
+        if budget_mode == "fixed":
+            self.fraction = _check_fraction("fixed_fraction", fixed_fraction)
+        else:
+            self.fraction = _check_fraction("budget_init", budget_init)
+        if not self.blocks:
+            raise ConfigError("CurvZO needs at least one trainable parameter")
+        check_nonnegative("score_init", score_init)
+        # fp32 state, O(number of blocks): S per block; numel per block for the coordinate budget
+        self.scores = torch.full((len(self.blocks),), float(score_init), dtype=torch.float32)
+        self.numel = torch.tensor([b.param.numel() for b in self.blocks], dtype=torch.float64)
+        self.delta_ema = 1e-8  # G, only for score=normalized_abs (port's initial value)
+        self._sampler = torch.Generator(device="cpu")
+
+    # probabilities and draws ---------------------------------------------------------------------
+    def inclusion_probabilities(self) -> torch.Tensor:
+        """pi_b for the next step (float64), from the current scores and budget fraction."""
+        return inclusion_probabilities(
+            self.scores, self.fraction, sampling=self.sampling, power=self.sampling_power,
+            score_floor=self.score_floor, explore=self.explore, pi_floor=self.pi_floor,
+            numel=self.numel if self.budget_unit == "numel" else None,
+        )
+
+    def sample_blocks(self, pi: torch.Tensor, step: int) -> torch.Tensor:
+        """The selection mask of step ``step``: a pure function of (seed, step, pi)."""
+        self._sampler.manual_seed(mix64(self.seed, _SAMPLER_STREAM, step))
+        draw = poisson_sample if self.design == "poisson" else fixed_size_sample
+        return draw(pi, self._sampler)
+
+    # the step -------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, closure: Callable[[], torch.Tensor]) -> float:  # type: ignore[override]
+        """One CurvZO step (two forward passes); returns the mean probe loss, NaN if skipped."""
+        if closure is None:
+            raise ValueError("CurvZO.step needs a closure that returns the minibatch loss")
+        step, seed, eps = self.steps_taken, self.step_seed(self.steps_taken), self.eps
+        self.steps_taken += 1
+        pi = self.inclusion_probabilities()
+        mask = self.sample_blocks(pi, step)
+        chosen = [int(i) for i in torch.nonzero(mask).flatten()]
+        blocks = [self.blocks[i] for i in chosen]
+
+        energy = torch.tensor([self.directions.add_with_squared_norm_(b.param, seed, b.index, +eps) for b in blocks],
+                              dtype=torch.float64)
+        loss_plus = self.probe(closure)
+        self.shift(seed, -2 * eps, blocks)
+        loss_minus = self.probe(closure)
+        finite = math.isfinite(loss_plus) and math.isfinite(loss_minus)
+        if not (finite and self.fuse_restore_update):
+            self.shift(seed, +eps, blocks)
+        if not finite:  # theta restored; S, f and G untouched
+            self.skip(step, seed, (loss_plus, loss_minus))
+            return float("nan")
+
+        delta = (loss_plus - loss_minus) / (2 * eps)
+        pi_chosen = pi[chosen]
+        self._update_scores(chosen, energy, pi_chosen, delta)
+        ht = (1.0 / pi_chosen) if self.ht_correction else torch.ones_like(pi_chosen)
+        for block, factor in zip(blocks, ht.tolist()):
+            self._update_block(block, seed, delta * factor)
+        budget_used = self.fraction
+        if self.budget_mode == "adaptive" and self.steps_taken % self.budget_every == 0:
+            self.fraction = adaptive_budget(self.scores, self.fraction, budget_min=self.budget_min,
+                                            budget_max=self.budget_max, alpha=self.budget_alpha,
+                                            beta=self.budget_beta, entropy_term=self.entropy_term)
+        loss = (loss_plus + loss_minus) / 2
+        self.record(step=step, seed=seed, projected_grad=delta, lr=self.lrs(), losses=[loss_plus, loss_minus],
+                    budget_f=budget_used, num_selected=len(chosen))
+        self.last_stats = self._diagnostics(loss, loss_plus, delta, pi, chosen, budget_used)
+        return loss
+
+    def _update_block(self, block, seed: int, coefficient: float) -> None:
+        """theta_b -= lr (coefficient z_b + wd theta_b); fused with the restore when asked."""
+        if not self.fuse_restore_update:
+            self.apply_update(seed, coefficient, [block])
+            return
+        lr, wd = block.group["lr"], block.group["weight_decay"]
+        keep = 1.0 - lr * wd
+        if wd:
+            block.param.data.mul_(keep)  # on theta - eps z; the +eps restore below is scaled to match
+        self.directions.add_(block.param, seed, block.index, self.eps * keep - lr * coefficient)
+
+    def _update_scores(self, chosen: list[int], energy: torch.Tensor, pi: torch.Tensor, delta: float) -> None:
+        """EMA of the per-block curvature score from this step's scalar feedback (Eq. 7 or the port's)."""
+        if self.score == "delta_sq":
+            sample = delta * delta * energy / energy.sum()
+        else:
+            self.delta_ema = (1 - self.global_beta) * self.delta_ema + self.global_beta * abs(delta)
+            weighted = energy / pi.square()
+            sample = (abs(delta) / (self.delta_ema + 1e-12)) * weighted / weighted.sum()
+        if self.score_normalize_numel:
+            sample = sample / self.numel[chosen]
+        if self.update_unselected == "decay":
+            self.scores.mul_(1 - self.score_beta)
+        else:
+            self.scores[chosen] *= 1 - self.score_beta
+        self.scores[chosen] += (self.score_beta * sample).float()
+
+    def _diagnostics(self, loss, loss_plus, delta, pi, chosen, budget_used) -> dict[str, float]:
+        d_eff, entropy = support_and_entropy(self.scores)
+        selected_numel = float(self.numel[chosen].sum())
+        return {
+            "train/loss": loss,
+            "train/loss_plus": loss_plus,
+            "zo/projected_grad": delta,
+            "zo/forward_passes": self.forward_passes,
+            "zo/skipped_steps": self.skipped_steps,
+            "curvzo/budget_f": budget_used,
+            "curvzo/expected_selected": float(pi.sum()),
+            "curvzo/num_selected": len(chosen),
+            "curvzo/selected_numel_frac": selected_numel / float(self.numel.sum()),
+            "curvzo/d_eff": d_eff,
+            "curvzo/entropy": entropy,
+            "curvzo/pi_min": float(pi.min()),
+            "curvzo/pi_max": float(pi.max()),
+            "curvzo/max_inv_pi_selected": float(1.0 / pi[chosen].min()),
+        }
+
+    # checkpointing ----------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        state["curvzo"] = {"scores": self.scores.clone(), "fraction": self.fraction, "delta_ema": self.delta_ema}
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        state_dict = dict(state_dict)
+        extra = state_dict.pop("curvzo", None)
+        super().load_state_dict(state_dict)
+        if extra is not None:
+            self.scores = extra["scores"].to(torch.float32).clone()
+            self.fraction = float(extra["fraction"])
+            self.delta_ema = float(extra["delta_ema"])
