@@ -73,6 +73,14 @@ class ZerothOrderOptimizer(torch.optim.Optimizer):
         self.trajectory: list[dict] = []
         self.last_stats: dict[str, float] = {}
 
+    def begin_step(self, closure: Callable[[], torch.Tensor] | None) -> tuple[int, int]:
+        """Check the closure and advance the step counter; returns (step index, step seed s_t)."""
+        if closure is None:
+            raise ValueError(f"{type(self).__name__}.step needs a closure that returns the minibatch loss")
+        step = self.steps_taken
+        self.steps_taken += 1
+        return step, self.step_seed(step)
+
     def step_seed(self, step: int) -> int:
         """s_t: a pure function of (run seed, step), so any step can be regenerated or resumed."""
         return mix64(self.seed, _STEP_STREAM, step)

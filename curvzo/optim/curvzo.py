@@ -146,10 +146,8 @@ class CurvZO(ZerothOrderOptimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor]) -> float:  # type: ignore[override]
         """One CurvZO step (two forward passes); returns the mean probe loss, NaN if skipped."""
-        if closure is None:
-            raise ValueError("CurvZO.step needs a closure that returns the minibatch loss")
-        step, seed, eps = self.steps_taken, self.step_seed(self.steps_taken), self.eps
-        self.steps_taken += 1
+        step, seed = self.begin_step(closure)
+        eps = self.eps
         pi = self.inclusion_probabilities()
         mask = self.sample_blocks(pi, step)
         chosen = [int(i) for i in torch.nonzero(mask).flatten()]

@@ -33,10 +33,8 @@ class MeZO(ZerothOrderOptimizer):
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor]) -> float:  # type: ignore[override]
         """One MeZO step; returns the mean of the two probe losses (NaN when the step was skipped)."""
-        if closure is None:
-            raise ValueError("MeZO.step needs a closure that returns the minibatch loss")
-        step, seed, eps = self.steps_taken, self.step_seed(self.steps_taken), self.eps
-        self.steps_taken += 1
+        step, seed = self.begin_step(closure)
+        eps = self.eps
         self.shift(seed, +eps)
         loss_plus = self.probe(closure)
         self.shift(seed, -2 * eps)
