@@ -272,3 +272,37 @@ def test_fused_restore_and_update_matches_the_unfused_order_up_to_rounding():
     assert moved > 1e-3  # the runs did move
     for p, q in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(p, q, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("switches", [
+    {"score": "normalized_abs"},
+    {"score_normalize_numel": True},
+    {"budget_unit": "numel"},
+    {"design": "fixed_size"},
+    {"sampling_power": 1.0, "explore": 0.0, "pi_floor": 1e-8},  # the port's profile (optimizers.md §11.7)
+    {"entropy_term": "h"},
+])
+def test_every_switch_value_trains_with_finite_state(switches):
+    model = small_mlp()
+    opt = CurvZO(model.parameters(), lr=1e-2, seed=0, budget_every=3, **switches)
+    loss = mlp_closure(model)
+    with torch.no_grad():
+        start = float(loss())
+        for _ in range(30):
+            opt.step(loss)
+        end = float(loss())
+    assert bool(torch.isfinite(opt.scores).all()) and 0.1 <= opt.fraction <= 0.8
+    assert end < start  # it still descends
+    if switches.get("budget_unit") == "numel":  # the budget counts coordinates: sum pi_b d_b = f d
+        pi = opt.inclusion_probabilities()
+        assert float((pi * opt.numel).sum()) == pytest.approx(opt.fraction * float(opt.numel.sum()), rel=1e-9)
+
+
+@pytest.mark.parametrize("rule", ["hold", "decay"])
+def test_unselected_scores_are_held_or_decayed(rule):
+    params = make_blocks((4,) * 6)
+    opt = CurvZO(params, lr=1e-3, seed=0, update_unselected=rule, budget_mode="fixed", fixed_fraction=0.2, explore=0.5)
+    before = opt.scores.clone()
+    opt.step(lambda: sum((p.double() ** 2).sum() for p in params))
+    unselected = opt.scores == before if rule == "hold" else torch.isclose(opt.scores, before * 0.9)
+    assert int(unselected.sum()) == 6 - opt.last_stats["curvzo/num_selected"]
