@@ -41,7 +41,7 @@ def main() -> None:
 
 def unknown_group_option(argv: list[str]) -> str | None:
     """The first ``group=option`` naming no config file, as one line; Hydra's own report is a page."""
-    args, _ = get_args_parser().parse_known_args(argv)
+    args, _ = get_args_parser().parse_known_args(argv)  # Hydra's own CLI parser (internal, stable since 1.1)
     search_dirs = [Path(d) for d in (args.config_dir, CONFIG_DIR) if d]
     try:
         overrides = OverridesParser.create().parse_overrides(args.overrides)

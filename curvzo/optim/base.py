@@ -44,6 +44,14 @@ def check_nonnegative(name: str, value: float) -> float:
     return float(value)
 
 
+def check_fraction(name: str, value: float, *, allow_zero: bool = False) -> float:
+    """Return ``value`` if it lies in (0, 1] (or [0, 1] with ``allow_zero``), else a one-line ConfigError."""
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not is_number or not ((value >= 0 if allow_zero else value > 0) and value <= 1):
+        raise ConfigError(f"optimizer.{name} must be in {'[0, 1]' if allow_zero else '(0, 1]'}, got {value!r}")
+    return float(value)
+
+
 class ZerothOrderOptimizer(torch.optim.Optimizer):
     """Base class: seeded directions, in-place shifts, forward-pass accounting, trajectory."""
 

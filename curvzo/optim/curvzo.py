@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from curvzo.errors import ConfigError
-from curvzo.optim.base import ZerothOrderOptimizer, check_nonnegative, check_positive
+from curvzo.optim.base import ZerothOrderOptimizer, check_fraction, check_nonnegative, check_positive
 from curvzo.optim.block_sampling import (
     adaptive_budget,
     fixed_size_sample,
@@ -38,14 +38,6 @@ _CHOICES = {
     "entropy_term": ("one_minus_h", "h"),
     "budget_unit": ("tensors", "numel"),
 }
-
-
-def _check_fraction(name: str, value: float, *, allow_zero: bool = False) -> float:
-    low_ok = value >= 0 if allow_zero else value > 0
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not (low_ok and value <= 1):
-        bound = "[0, 1]" if allow_zero else "(0, 1]"
-        raise ConfigError(f"optimizer.{name} must be in {bound}, got {value!r}")
-    return float(value)
 
 
 class CurvZO(ZerothOrderOptimizer):
@@ -100,24 +92,24 @@ class CurvZO(ZerothOrderOptimizer):
         self.entropy_term, self.budget_unit = entropy_term, budget_unit
         self.sampling_power = check_positive("sampling_power", sampling_power)
         self.score_normalize_numel = bool(score_normalize_numel)
-        self.score_beta = _check_fraction("score_beta", score_beta)
+        self.score_beta = check_fraction("score_beta", score_beta)
         self.score_floor = check_positive("score_floor", score_floor)
-        self.global_beta = _check_fraction("global_beta", global_beta)
+        self.global_beta = check_fraction("global_beta", global_beta)
         self.ht_correction = bool(ht_correction)
-        self.explore = _check_fraction("explore", explore, allow_zero=True)
-        self.pi_floor = _check_fraction("pi_floor", pi_floor, allow_zero=True)
-        self.budget_min = _check_fraction("budget_min", budget_min)
-        self.budget_max = _check_fraction("budget_max", budget_max)
+        self.explore = check_fraction("explore", explore, allow_zero=True)
+        self.pi_floor = check_fraction("pi_floor", pi_floor, allow_zero=True)
+        self.budget_min = check_fraction("budget_min", budget_min)
+        self.budget_max = check_fraction("budget_max", budget_max)
         if self.budget_min > self.budget_max:
             raise ConfigError(f"optimizer.budget_min ({budget_min}) must not exceed optimizer.budget_max ({budget_max})")
         self.budget_every = int(check_positive("budget_every", budget_every))
-        self.budget_alpha = _check_fraction("budget_alpha", budget_alpha, allow_zero=True)
-        self.budget_beta = _check_fraction("budget_beta", budget_beta, allow_zero=True)
+        self.budget_alpha = check_fraction("budget_alpha", budget_alpha, allow_zero=True)
+        self.budget_beta = check_fraction("budget_beta", budget_beta, allow_zero=True)
         self.fuse_restore_update = bool(fuse_restore_update)
         if budget_mode == "fixed":
-            self.fraction = _check_fraction("fixed_fraction", fixed_fraction)
+            self.fraction = check_fraction("fixed_fraction", fixed_fraction)
         else:
-            self.fraction = _check_fraction("budget_init", budget_init)
+            self.fraction = check_fraction("budget_init", budget_init)
         if not self.blocks:
             raise ConfigError("CurvZO needs at least one trainable parameter")
         check_nonnegative("score_init", score_init)
