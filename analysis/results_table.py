@@ -39,6 +39,9 @@ def load_runs(root: str | Path) -> pd.DataFrame:
             "steps": summary.get("steps"),
             "forward_passes": summary.get("forward_passes"),
             "sec_per_step": summary.get("sec_per_step"),
+            "sec_per_forward": _ratio(summary.get("sec_per_step"), summary.get("forward_passes_per_step")),
+            "peak_mem_gb": summary.get("peak_mem_gb"),
+            "state_mb": _ratio(summary.get("optimizer_info", {}).get("state_bytes"), 2**20),
             "wall_time_s": summary.get("wall_time_s"),
             "run_dir": str(path.parent),
         })
@@ -47,6 +50,10 @@ def load_runs(root: str | Path) -> pd.DataFrame:
 
 def _percent(value: float | None) -> float | None:
     return None if value is None else 100.0 * value
+
+
+def _ratio(value: float | None, by: float | None) -> float | None:
+    return None if value is None or not by else value / by
 
 
 def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
@@ -68,6 +75,9 @@ def _summarise(group: pd.DataFrame) -> pd.Series:
         "best_dev_acc": done["best_dev_acc"].mean(),
         "forward_passes": done["forward_passes"].mean(),
         "sec_per_step": done["sec_per_step"].mean(),
+        "sec_per_forward": done["sec_per_forward"].mean(),
+        "peak_mem_gb": done["peak_mem_gb"].mean(),
+        "state_mb": done["state_mb"].mean(),
     })
 
 

@@ -41,6 +41,13 @@ def _int_at_least(cfg: DictConfig, key: str, minimum: int) -> int:
     return value
 
 
+def _optional_int_at_least(cfg: DictConfig, key: str, minimum: int) -> int | None:
+    """Like ``_int_at_least``, but an absent or null key means "off" (None)."""
+    if OmegaConf.select(cfg, key, default=None) is None:
+        return None
+    return _int_at_least(cfg, key, minimum)
+
+
 def _choice(cfg: DictConfig, key: str, choices: tuple[str, ...]) -> str:
     value = OmegaConf.select(cfg, key, throw_on_missing=True)
     if value not in choices:
@@ -74,6 +81,8 @@ def validate_config(cfg: DictConfig) -> LoopSettings:
             select_by=_choice(cfg, "select_by", SELECT_BY),
             max_nonfinite_streak=_int_at_least(cfg, "max_nonfinite_streak", 1),
             log_every=_int_at_least(cfg, "logger.log_every", 1),
+            max_forward_passes=_optional_int_at_least(cfg, "budget.max_forward_passes", 1),
+            eval_every_forward_passes=_optional_int_at_least(cfg, "budget.eval_every_forward_passes", 1),
         )
         for key in ("budget.num_train", "budget.num_dev", "budget.num_test"):
             _int_at_least(cfg, key, 0)
@@ -187,12 +196,24 @@ def run_job(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
             "train_time_s": result.train_time_s,
             "wall_time_s": time.perf_counter() - started,
             "sec_per_step": (result.step_time_s / result.steps) if result.steps else None,
+            "forward_passes_per_step": (result.forward_passes / result.steps) if result.steps else None,
+            "optimizer_info": describe_optimizer(optimizer),
             **peak_memory(),
         })
         write_summary(output_dir, summary)
         logger.log_summary(_flat_summary(summary))
         logger.close(status)
     return summary
+
+
+def describe_optimizer(optimizer) -> dict[str, Any]:
+    """The optimizer's own description (ZO methods), or the bytes of a torch optimizer's state."""
+    if optimizer is None:
+        return {}
+    if hasattr(optimizer, "describe"):
+        return optimizer.describe()
+    tensors = [v for state in optimizer.state.values() for v in state.values() if isinstance(v, torch.Tensor)]
+    return {"state_bytes": sum(t.numel() * t.element_size() for t in tensors)}
 
 
 def write_summary(output_dir: Path, summary: dict[str, Any]) -> None:

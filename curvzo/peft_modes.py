@@ -16,11 +16,12 @@ NO_DECAY_KEYS = ("bias", "layer_norm", "layernorm")  # MeZO trainer: no weight d
 
 
 def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Trainable tensors in ``named_parameters()`` order (tied weights once); with weight decay,
-    a second group exempts biases and LayerNorms (optimizers.md §1.8)."""
+    """Trainable (name, tensor) pairs in ``named_parameters()`` order (tied weights once); with
+    weight decay, a second group exempts biases and LayerNorms (optimizers.md §1.8). The names
+    reach optimizers as ``param_names`` (DiZO picks its projected tensors by name)."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not weight_decay:
-        return [{"params": [p for _, p in named]}]
-    decay = [p for n, p in named if not any(k in n.lower() for k in NO_DECAY_KEYS)]
-    exempt = [p for n, p in named if any(k in n.lower() for k in NO_DECAY_KEYS)]
+        return [{"params": named}]
+    decay = [(n, p) for n, p in named if not any(k in n.lower() for k in NO_DECAY_KEYS)]
+    exempt = [(n, p) for n, p in named if any(k in n.lower() for k in NO_DECAY_KEYS)]
     return [{"params": decay}, {"params": exempt, "weight_decay": 0.0}]

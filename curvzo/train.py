@@ -28,6 +28,7 @@ from curvzo.scoring import candidate_scores, classification_loss, encode_example
 log = logging.getLogger(__name__)
 
 _DATA_ORDER_STREAM = 2  # sub-stream tag of the training data order (see optim.base._STEP_STREAM)
+_EXTRA_BATCH_STREAM = 4  # a second, independent data order for optimizers' extra probes (DiZO)
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,8 @@ class LoopSettings:
     select_by: str = "dev_loss"  # dev_loss (MeZO) | dev_acc
     max_nonfinite_streak: int = 10
     log_every: int = 1
+    max_forward_passes: int | None = None  # never exceed this many in training (equal-cost comparisons)
+    eval_every_forward_passes: int | None = None  # evaluate on a forward-pass cadence instead of steps
 
 
 @dataclass
@@ -79,9 +82,10 @@ def evaluate(model, tokenizer, examples: Sequence[Example], batch_size: int, max
     return {"loss": total_loss / n, "acc": correct / n, "n": len(examples)}
 
 
-def training_batches(examples: Sequence[Example], batch_size: int, seed: int) -> Iterator[list[Example]]:
+def training_batches(examples: Sequence[Example], batch_size: int, seed: int,
+                     stream: int = _DATA_ORDER_STREAM) -> Iterator[list[Example]]:
     """Endless seeded epochs of shuffled minibatches (the last batch of an epoch may be short)."""
-    rng = np.random.default_rng(mix64(seed, _DATA_ORDER_STREAM))
+    rng = np.random.default_rng(mix64(seed, stream))
     while True:
         order = rng.permutation(len(examples))
         for start in range(0, len(order), batch_size):
@@ -130,14 +134,21 @@ class TrainingLoop:
         return {"zo/forward_passes": self.result.forward_passes, "time/elapsed_s": time.perf_counter() - self._start}
 
     # training --------------------------------------------------------------------------------
-    def _zo_step(self, batch) -> float:
-        self.model.eval()  # ZO probes run without dropout (MeZO zo_forward)
-
+    def _loss_closure(self, batch):
         def closure() -> torch.Tensor:
             with torch.inference_mode():
                 return classification_loss(candidate_scores(self.model, batch), batch.labels)
+        return closure
 
-        loss = self.optimizer.step(closure)
+    def _extra_closures(self) -> Iterator:
+        """Closures over minibatches from a second data order, encoded only when drawn (DiZO's probes)."""
+        s = self.settings
+        for examples in training_batches(self.splits.train, s.batch_size, self.seed, _EXTRA_BATCH_STREAM):
+            yield self._loss_closure(encode_examples(examples, self.tokenizer, s.max_length).to(self.device))
+
+    def _zo_step(self, batch) -> float:
+        self.model.eval()  # ZO probes run without dropout (MeZO zo_forward)
+        loss = self.optimizer.step(self._loss_closure(batch))
         self.result.forward_passes = self.optimizer.forward_passes
         self.result.skipped_steps = self.optimizer.skipped_steps
         return loss
@@ -163,12 +174,15 @@ class TrainingLoop:
             self.result.train_time_s = time.perf_counter() - self._start
             return self.result
         forward_only = getattr(self.optimizer, "forward_only", False)
+        if getattr(self.optimizer, "wants_extra_batches", False):
+            self.optimizer.extra_closures = self._extra_closures()
         batches = training_batches(self.splits.train, s.batch_size, self.seed)
         streak = 0
         bar = tqdm(total=s.max_steps, desc="train", unit="step", dynamic_ncols=True)
         try:
             for step in range(1, s.max_steps + 1):
                 t0 = time.perf_counter()
+                passes_before = self.result.forward_passes
                 examples = next(batches)
                 batch = encode_examples(examples, self.tokenizer, s.max_length).to(self.device)
                 loss = self._zo_step(batch) if forward_only else self._first_order_step(batch)
@@ -186,12 +200,31 @@ class TrainingLoop:
                     self.result.status = "stopped_nonfinite"
                     log.error("stopping: %d non-finite losses in a row at step %d", streak, step)
                     break
-                if step % s.eval_every == 0 or step == s.max_steps:
+                out_of_passes = (s.max_forward_passes is not None
+                                 and self.result.forward_passes + self._next_step_cost() > s.max_forward_passes)
+                if self._eval_due(step, passes_before) or out_of_passes:
                     self.evaluation_point(step)
+                if out_of_passes:
+                    break
         finally:
             bar.close()
         self.result.train_time_s = time.perf_counter() - self._start
         return self.result
+
+    def _next_step_cost(self) -> int:
+        """Forward passes the next step will spend: the optimizer says (DiZO's vary); a first-order step is 1."""
+        ask = getattr(self.optimizer, "forward_passes_next_step", None)
+        return ask() if callable(ask) else 1
+
+    def _eval_due(self, step: int, passes_before: int) -> bool:
+        """On the step cadence, or each time the forward-pass count crosses a multiple of its cadence."""
+        s = self.settings
+        if step == s.max_steps:
+            return True
+        if s.eval_every_forward_passes is None:
+            return step % s.eval_every == 0
+        every = s.eval_every_forward_passes
+        return self.result.forward_passes // every > passes_before // every
 
     def _log_step(self, step: int, loss: float, lr: float, step_time: float) -> None:
         stats = dict(getattr(self.optimizer, "last_stats", {}) or {})

@@ -16,7 +16,8 @@ def write_summary(root, name, *, optimizer, lr, seed, test_acc, status="finished
     summary = {"task": "sst2", "model": "opt-125m", "optimizer": optimizer, "peft": "full", "budget": "mezo",
                "lr": lr, "eps": 1e-3, "seed": seed, "status": status, "steps": 10, "forward_passes": 20,
                "zero_shot": {"test_acc": 0.5}, "best": {"step": 5, "dev_acc": 0.6},
-               "test_at_best_dev": {"test_acc": test_acc}, "sec_per_step": 0.5, "wall_time_s": 9.0}
+               "test_at_best_dev": {"test_acc": test_acc}, "sec_per_step": 0.5, "wall_time_s": 9.0,
+               "forward_passes_per_step": 2, "peak_mem_gb": 1.5, "optimizer_info": {"state_bytes": 2**21}}
     (run / "summary.json").write_text(json.dumps(summary))
 
 
@@ -33,6 +34,8 @@ def test_seeds_are_averaged_and_failures_counted(tmp_path):
     assert table.loc[1e-6, "test_acc_std"] == pytest.approx(math.sqrt(50.0))  # sample std of 80, 90
     assert table.loc[1e-7, "test_acc"] == pytest.approx(70.0) and math.isnan(table.loc[1e-7, "test_acc_std"])
     assert table.loc[1e-6, "zero_shot_acc"] == pytest.approx(50.0)
+    # cost columns for equal-budget comparisons: time per forward pass, peak memory, optimizer state
+    assert table.loc[1e-6, ["sec_per_forward", "peak_mem_gb", "state_mb"]].tolist() == [0.25, 1.5, 2.0]
 
 
 def test_cli_writes_csv_and_refuses_an_empty_directory(tmp_path, capsys):

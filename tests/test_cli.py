@@ -101,7 +101,9 @@ def _error_line(proc: subprocess.CompletedProcess) -> str:
 def test_unknown_config_option_is_one_line(tmp_path, args):
     proc = curvzo_run(*args, f"hydra.run.dir={tmp_path / 'x'}")
     assert proc.returncode == 2
-    assert proc.stderr == "error: optimizer=no_such_optimizer: no such option (choose from curvzo, curvzo_fixed, curvzo_uniform, fo_adam, mezo, none)\n"
+    assert proc.stderr == ("error: optimizer=no_such_optimizer: no such option (choose from curvzo, curvzo_fixed, "
+                           "curvzo_uniform, dizo, fo_adam, hizoo, loren, mezo, none, sparse_mezo, zo_adam, "
+                           "zo_sgd_momentum)\n")
     assert not (tmp_path / "x").exists()
 
 
@@ -135,7 +137,8 @@ def test_malformed_data_line_names_file_and_line(tmp_path, shared_data_dir):
 
 def test_help_and_cfg_job():
     proc = curvzo_run("--help")
-    assert proc.returncode == 0 and "optimizer: curvzo, curvzo_fixed, curvzo_uniform, fo_adam, mezo, none" in proc.stdout
+    assert proc.returncode == 0 and ("optimizer: curvzo, curvzo_fixed, curvzo_uniform, dizo, fo_adam, hizoo, loren, mezo, "
+                                     "none, sparse_mezo, zo_adam, zo_sgd_momentum") in proc.stdout
     assert proc.stdout.startswith("curvzo-run is powered by Hydra")
     proc = curvzo_run("--cfg", "job", "model=tiny-opt")
     assert proc.returncode == 0 and "_target_: curvzo.models.build_tiny_causal_lm" in proc.stdout
@@ -165,3 +168,63 @@ def test_curvzo_presets_run_and_log_their_diagnostics(tmp_path, shared_data_dir,
     else:
         assert all(r["curvzo/pi_min"] < r["curvzo/pi_max"] for r in rows[1:])
     assert json.loads((out / "summary.json").read_text())["optimizer"] == preset
+
+
+# forward passes per step of every method at its defaults (optimizers.md §2); DiZO adds 2J every κ steps
+FORWARDS_PER_STEP = {"mezo": 2, "zo_sgd_momentum": 2, "zo_adam": 2, "sparse_mezo": 2, "dizo": 2, "hizoo": 3,
+                     "loren": 10, "fo_adam": 1}
+
+
+@pytest.mark.parametrize("method", sorted(FORWARDS_PER_STEP))
+def test_every_method_runs_the_smoke_job_and_counts_its_forward_passes(tmp_path, shared_data_dir, method):
+    out = tmp_path / "run"
+    proc = curvzo_run("model=tiny-opt", "task=sst2", f"optimizer={method}", "budget=smoke",
+                      f"paths.data_dir={shared_data_dir}", f"hydra.run.dir={out}", "logger=jsonl")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [r for r in read_jsonl(out / "metrics.jsonl") if "train/loss" in r]
+    per_step = FORWARDS_PER_STEP[method]
+    assert [r["zo/forward_passes"] for r in rows] == [per_step * s for s in (1, 2, 3, 4)]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["optimizer"] == method
+    assert summary["forward_passes_per_step"] == per_step
+    assert summary["optimizer_info"]["state_bytes"] >= 0
+
+
+def test_dizo_projection_spends_its_probes_on_fresh_batches(tmp_path, shared_data_dir):
+    out = tmp_path / "run"
+    proc = curvzo_run("model=tiny-opt", "task=sst2", "optimizer=dizo", "optimizer.interval=2",
+                      "optimizer.inner_iterations=3", "budget=smoke", f"paths.data_dir={shared_data_dir}",
+                      f"hydra.run.dir={out}", "logger=jsonl")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [r for r in read_jsonl(out / "metrics.jsonl") if "train/loss" in r]
+    assert [r["zo/forward_passes"] for r in rows] == [2, 10, 12, 20]  # 2 per step + 2J = 6 after steps 2 and 4
+    assert [r["dizo/projections"] for r in rows if "dizo/projections" in r] == [1, 2]
+    assert all(0.8 <= r["dizo/ratio_min"] <= r["dizo/ratio_max"] <= 1.2 for r in rows if "dizo/ratio_min" in r)
+    info = json.loads((out / "summary.json").read_text())["optimizer_info"]
+    assert len(info["projected_tensors"]) == 4 and all("k_proj" in n or "v_proj" in n for n in info["projected_tensors"])
+
+
+def test_forward_pass_budget_stops_and_evaluates_at_equal_cost(tmp_path, shared_data_dir):
+    out = tmp_path / "run"
+    proc = curvzo_run("model=tiny-opt", "task=sst2", "optimizer=hizoo", "budget=smoke", "budget.max_steps=100",
+                      "budget.max_forward_passes=12", "budget.eval_every_forward_passes=6",
+                      f"paths.data_dir={shared_data_dir}", f"hydra.run.dir={out}", "logger=jsonl")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert [r["zo/forward_passes"] for r in rows if "train/loss" in r] == [3, 6, 9, 12]
+    assert [(r["step"], r["zo/forward_passes"]) for r in rows if "eval/dev_acc" in r] == [(0, 0), (2, 6), (4, 12)]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["steps"] == 4 and summary["forward_passes"] == 12
+
+
+def test_forward_pass_budget_is_never_overrun_by_a_projection_step(tmp_path, shared_data_dir):
+    # DiZO steps cost 2, 2 + 2J, 2, 2 + 2J, ... (interval 2, J 3): a budget of 15 ends after 3 steps (12 passes)
+    out = tmp_path / "run"
+    proc = curvzo_run("model=tiny-opt", "task=sst2", "optimizer=dizo", "optimizer.interval=2",
+                      "optimizer.inner_iterations=3", "budget=smoke", "budget.max_steps=100",
+                      "budget.max_forward_passes=15", f"paths.data_dir={shared_data_dir}", f"hydra.run.dir={out}",
+                      "logger=jsonl")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert [r["zo/forward_passes"] for r in rows if "train/loss" in r] == [2, 10, 12]
+    assert rows[-1]["step"] == 3 and "eval/dev_acc" in rows[-1]  # evaluated where the budget ended

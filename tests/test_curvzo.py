@@ -219,6 +219,7 @@ def test_diagnostics_are_consistent():
     assert s["curvzo/pi_min"] <= s["curvzo/pi_max"] <= 1
     assert 1 <= s["curvzo/d_eff"] <= 4 and 0 <= s["curvzo/entropy"] <= 1
     assert s["zo/forward_passes"] == 2
+    assert opt.describe()["state_bytes"] == 4 * 4  # one float32 score per block, nothing per parameter
 
 
 def test_replay_from_losses_retraces_weights_scores_and_budget():

@@ -10,17 +10,7 @@ import torch
 from curvzo.errors import ConfigError
 from curvzo.optim import DirectionSampler, MeZO, replay_trajectory
 from curvzo.optim.directions import mix64
-
-
-def quadratic(dim: int = 50, seed: int = 0, dtype=torch.float64):
-    """L(θ) = ½ θᵀAθ − bᵀθ with A symmetric positive definite; its gradient is Aθ − b."""
-    g = torch.Generator().manual_seed(seed)
-    m = torch.randn(dim, dim, generator=g, dtype=dtype)
-    a = m @ m.T / dim + torch.eye(dim, dtype=dtype)
-    b = torch.randn(dim, generator=g, dtype=dtype)
-    theta = torch.nn.Parameter(torch.randn(dim, generator=g, dtype=dtype))
-    loss = lambda: 0.5 * theta @ a @ theta - b @ theta  # noqa: E731
-    return theta, a, b, loss
+from tests.helpers import net_loss, quadratic, tiny_net
 
 
 def test_one_step_matches_the_closed_form_on_a_quadratic():
@@ -78,26 +68,15 @@ def test_forward_passes_and_trajectory_records():
     assert opt.last_stats["zo/forward_passes"] == 6
 
 
-def _tiny_net(seed: int = 0, dtype=torch.float32) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    return torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1)).to(dtype)
-
-
-def _net_loss(net):
-    g = torch.Generator().manual_seed(11)
-    x, y = torch.randn(32, 8, generator=g), torch.randn(32, 1, generator=g)
-    return lambda: torch.nn.functional.mse_loss(net(x.to(next(net.parameters()).dtype)), y.to(next(net.parameters()).dtype))
-
-
 def test_replaying_the_trajectory_reproduces_the_final_weights():
-    net = _tiny_net()
+    net = tiny_net()
     start = {k: v.clone() for k, v in net.state_dict().items()}
     opt = MeZO(net.parameters(), lr=0.05, eps=1e-3, seed=9)
     for _ in range(25):
-        opt.step(_net_loss(net))
+        opt.step(net_loss(net))
     trained = {k: v.clone() for k, v in net.state_dict().items()}
 
-    replica = _tiny_net(seed=1)
+    replica = tiny_net(seed=1)
     replica.load_state_dict(start)
     shell = MeZO(replica.parameters(), lr=0.05, eps=1e-3, seed=9)
     # replaying the probe shifts as well reproduces every rounding: bit-identical
@@ -171,8 +150,8 @@ def test_step_seeds_differ_per_step_and_fit_in_63_bits():
 
 
 def test_nonfinite_loss_skips_the_update():
-    net = _tiny_net()
-    reference = _tiny_net()
+    net = tiny_net()
+    reference = tiny_net()
     opt = MeZO(net.parameters(), lr=0.05, seed=0)
     twin = MeZO(reference.parameters(), lr=0.05, seed=0)
     calls = iter([1.0, float("nan")])
@@ -187,11 +166,11 @@ def test_nonfinite_loss_skips_the_update():
 
 
 def test_updates_only_trainable_parameters():
-    net = _tiny_net()
+    net = tiny_net()
     net[2].weight.requires_grad_(False)
     frozen = net[2].weight.detach().clone()
     opt = MeZO(net.parameters(), lr=0.05, seed=0)
-    opt.step(_net_loss(net))
+    opt.step(net_loss(net))
     assert torch.equal(net[2].weight, frozen)
     assert len(opt.blocks) == 3
 

@@ -28,6 +28,7 @@ class Block:
     index: int
     param: torch.Tensor
     group: dict
+    name: str  # from named parameters when given (``param_names``), else ``param<index>``
 
 
 def check_positive(name: str, value: float) -> float:
@@ -52,11 +53,29 @@ def check_fraction(name: str, value: float, *, allow_zero: bool = False) -> floa
     return float(value)
 
 
+def check_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
+    """Return ``value`` if it is one of ``choices``, else a one-line ConfigError listing them."""
+    if value not in choices:
+        raise ConfigError(f"optimizer.{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+STATE_DTYPES = ("fp32", "param")  # optimizer state in float32 (our default) or in the weights' dtype (official codes)
+
+
+def state_buffer(param: torch.Tensor, state_dtype: str, fill: float = 0.0) -> torch.Tensor:
+    """A state tensor shaped like ``param``: float32 for ``fp32``, the parameter's dtype for ``param``."""
+    dtype = torch.float32 if state_dtype == "fp32" else param.dtype
+    return torch.full_like(param, fill, dtype=dtype, memory_format=torch.contiguous_format)
+
+
 class ZerothOrderOptimizer(torch.optim.Optimizer):
     """Base class: seeded directions, in-place shifts, forward-pass accounting, trajectory."""
 
     #: The training loop gives forward-only closures to optimizers that set this.
     forward_only = True
+    #: Forward passes one ``step`` spends (methods whose cost varies override ``forward_passes_next_step``).
+    forward_passes_per_step = 2
 
     def __init__(self, params: Any, defaults: dict, *, seed: int = 0) -> None:
         check_positive("lr", defaults.get("lr"))
@@ -68,11 +87,13 @@ class ZerothOrderOptimizer(torch.optim.Optimizer):
         seen: set[int] = set()
         self.blocks: list[Block] = []
         for group in self.param_groups:
-            for p in group["params"]:
+            names = group.get("param_names") or [None] * len(group["params"])
+            for name, p in zip(names, group["params"]):
                 if id(p) in seen or not p.requires_grad:
                     continue
                 seen.add(id(p))
-                self.blocks.append(Block(len(self.blocks), p, group))
+                index = len(self.blocks)
+                self.blocks.append(Block(index, p, group, name or f"param{index}"))
         self.seed = int(seed)
         self.directions = DirectionSampler()
         self.steps_taken = 0
@@ -89,6 +110,10 @@ class ZerothOrderOptimizer(torch.optim.Optimizer):
         self.steps_taken += 1
         return step, self.step_seed(step)
 
+    def forward_passes_next_step(self) -> int:
+        """What the next ``step`` will spend, so a forward-pass budget is never overrun."""
+        return self.forward_passes_per_step
+
     def step_seed(self, step: int) -> int:
         """s_t: a pure function of (run seed, step), so any step can be regenerated or resumed."""
         return mix64(self.seed, _STEP_STREAM, step)
@@ -97,6 +122,16 @@ class ZerothOrderOptimizer(torch.optim.Optimizer):
         """theta_b += scale * z_b for the given blocks (all by default), in place."""
         for block in self.blocks if blocks is None else blocks:
             self.directions.add_(block.param, seed, block.index, scale)
+
+    def two_point_probe(self, closure: Callable[[], torch.Tensor], seed: int, eps: float,
+                        blocks: list[Block] | None = None) -> tuple[float, float]:
+        """L(θ+εz) and L(θ−εz) along z(seed), with θ restored afterwards (+ε, −2ε, +ε in place)."""
+        self.shift(seed, +eps, blocks)
+        loss_plus = self.probe(closure)
+        self.shift(seed, -2 * eps, blocks)
+        loss_minus = self.probe(closure)
+        self.shift(seed, +eps, blocks)
+        return loss_plus, loss_minus
 
     def probe(self, closure: Callable[[], torch.Tensor]) -> float:
         """Evaluate the closure once, counting the forward pass; returns a Python float."""
@@ -128,8 +163,27 @@ class ZerothOrderOptimizer(torch.optim.Optimizer):
             "zo/nonfinite_losses": sum(not math.isfinite(x) for x in losses),
         }
 
+    def probe_stats(self, loss: float, loss_plus: float, projected_grad: float) -> dict[str, float]:
+        """The per-step metrics every two-point method logs (methods add their own prefix keys)."""
+        return {
+            "train/loss": loss,
+            "train/loss_plus": loss_plus,
+            "zo/projected_grad": projected_grad,
+            "zo/forward_passes": self.forward_passes,
+            "zo/skipped_steps": self.skipped_steps,
+        }
+
     def lrs(self) -> list[float]:
         return [float(g["lr"]) for g in self.param_groups]
+
+    def state_bytes(self) -> int:
+        """Bytes of persistent per-parameter state (``self.state``); methods add what they keep elsewhere."""
+        return sum(v.numel() * v.element_size() for s in self.state.values() for v in s.values()
+                   if isinstance(v, torch.Tensor))
+
+    def describe(self) -> dict[str, Any]:
+        """What the run summary records about this optimizer: its state size and, per method, more."""
+        return {"state_bytes": self.state_bytes()}
 
     def state_dict(self) -> dict:
         state = super().state_dict()
@@ -144,9 +198,46 @@ class ZerothOrderOptimizer(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict) -> None:
         state_dict = dict(state_dict)
         zo = state_dict.pop("zo", None)
-        super().load_state_dict(state_dict)
+        # torch casts floating state to the parameter dtype on load; ours stays float32 (optimizers.md §1.4)
+        saved = state_dict.get("state", {})
+        super().load_state_dict({**state_dict, "state": {}})
+        params = [p for g in self.param_groups for p in g["params"]]
+        for index, values in saved.items():
+            param = params[int(index)]
+            self.state[param] = {k: v.to(param.device).clone() if isinstance(v, torch.Tensor) else v
+                                 for k, v in values.items()}
         if zo is not None:
             self.seed = zo["seed"]
             self.steps_taken = zo["steps_taken"]
             self.forward_passes = zo["forward_passes"]
             self.skipped_steps = zo["skipped_steps"]
+
+
+class PseudoGradientOptimizer(ZerothOrderOptimizer):
+    """MeZO's two-point probe feeding a stateful per-tensor rule (ZO_STATEFUL_STEP, optimizers.md §6).
+
+    Subclasses set ``self.eps`` and implement ``update_block(block, seed, projected_grad)``, which
+    regenerates z_b chunk by chunk, so the pseudo-gradient g·z_b exists one chunk at a time.
+    """
+
+    def update_block(self, block: Block, seed: int, projected_grad: float) -> None:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], torch.Tensor]) -> float:  # type: ignore[override]
+        """One step (two forward passes); returns the mean probe loss, NaN when the step was skipped."""
+        step, seed = self.begin_step(closure)
+        loss_plus, loss_minus = self.two_point_probe(closure, seed, self.eps)
+        if not (math.isfinite(loss_plus) and math.isfinite(loss_minus)):
+            self.skip(step, seed, (loss_plus, loss_minus))
+            return float("nan")
+        projected_grad = (loss_plus - loss_minus) / (2 * self.eps)
+        for block in self.blocks:
+            lr, wd = block.group["lr"], block.group["weight_decay"]
+            if wd:
+                block.param.data.mul_(1.0 - lr * wd)  # decoupled, as in our MeZO
+            self.update_block(block, seed, projected_grad)
+        loss = (loss_plus + loss_minus) / 2
+        self.record(step=step, seed=seed, projected_grad=projected_grad, lr=self.lrs(), losses=[loss_plus, loss_minus])
+        self.last_stats = self.probe_stats(loss, loss_plus, projected_grad)
+        return loss

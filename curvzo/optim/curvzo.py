@@ -205,11 +205,7 @@ class CurvZO(ZerothOrderOptimizer):
         d_eff, entropy = support_and_entropy(self.scores)
         selected_numel = float(self.numel[chosen].sum())
         return {
-            "train/loss": loss,
-            "train/loss_plus": loss_plus,
-            "zo/projected_grad": delta,
-            "zo/forward_passes": self.forward_passes,
-            "zo/skipped_steps": self.skipped_steps,
+            **self.probe_stats(loss, loss_plus, delta),
             "curvzo/budget_f": budget_used,
             "curvzo/expected_selected": float(pi.sum()),
             "curvzo/num_selected": len(chosen),
@@ -220,6 +216,10 @@ class CurvZO(ZerothOrderOptimizer):
             "curvzo/pi_max": float(pi.max()),
             "curvzo/max_inv_pi_selected": float(1.0 / pi[chosen].min()),
         }
+
+    def state_bytes(self) -> int:
+        """The per-block scores S (float32): CurvZO's only state beyond the step counter."""
+        return super().state_bytes() + self.scores.numel() * self.scores.element_size()
 
     # checkpointing ----------------------------------------------------------------------------------
     def state_dict(self) -> dict:

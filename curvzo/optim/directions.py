@@ -50,21 +50,28 @@ class DirectionSampler:
             self._buffers[device] = buf
         return buf
 
-    def chunks(self, tensor: torch.Tensor, seed: int, block: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield (view of ``tensor``, float32 z for that view) over the flattened tensor.
+    def spans(self, tensor: torch.Tensor, seed: int, block: int) -> Iterator[tuple[slice, torch.Tensor]]:
+        """Yield (slice of the flattened tensor, float32 z for it): the chunks of z_b in order.
 
-        The z view is only valid until the next iteration: it lives in a shared buffer.
+        The slice also addresses any state buffer shaped like the tensor (momentum, Adam moments,
+        a Hessian diagonal). The z view is only valid until the next iteration: it lives in a
+        shared buffer, which the caller may overwrite in place (e.g. to scale it).
         """
-        flat = tensor.data.view(-1)
-        numel = flat.numel()
-        gen = self._generator(flat.device)
+        numel = tensor.numel()
+        gen = self._generator(tensor.device)
         gen.manual_seed(mix64(seed, block))
-        buf = self._buffer(flat.device, min(numel, self.chunk_numel))
+        buf = self._buffer(tensor.device, min(numel, self.chunk_numel))
         for start in range(0, numel, self.chunk_numel):
             stop = min(start + self.chunk_numel, numel)
             z = buf[: stop - start]
             z.normal_(generator=gen)
-            yield flat[start:stop], z
+            yield slice(start, stop), z
+
+    def chunks(self, tensor: torch.Tensor, seed: int, block: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield (view of ``tensor``, float32 z for that view) over the flattened tensor."""
+        flat = tensor.data.view(-1)
+        for span, z in self.spans(tensor, seed, block):
+            yield flat[span], z
 
     def direction(self, tensor: torch.Tensor, seed: int, block: int) -> torch.Tensor:
         """The whole z_b as a new float32 tensor shaped like ``tensor`` (tests and analysis)."""

@@ -35,23 +35,13 @@ class MeZO(ZerothOrderOptimizer):
         """One MeZO step; returns the mean of the two probe losses (NaN when the step was skipped)."""
         step, seed = self.begin_step(closure)
         eps = self.eps
-        self.shift(seed, +eps)
-        loss_plus = self.probe(closure)
-        self.shift(seed, -2 * eps)
-        loss_minus = self.probe(closure)
-        self.shift(seed, +eps)
+        loss_plus, loss_minus = self.two_point_probe(closure, seed, eps)
         if not (math.isfinite(loss_plus) and math.isfinite(loss_minus)):
             self.skip(step, seed, (loss_plus, loss_minus))
             return float("nan")
         projected_grad = (loss_plus - loss_minus) / (2 * eps)
         self.apply_update(seed, projected_grad)
-        self.record(step=step, seed=seed, projected_grad=projected_grad, lr=self.lrs())
+        self.record(step=step, seed=seed, projected_grad=projected_grad, lr=self.lrs(), losses=[loss_plus, loss_minus])
         loss = (loss_plus + loss_minus) / 2
-        self.last_stats = {
-            "train/loss": loss,
-            "train/loss_plus": loss_plus,
-            "zo/projected_grad": projected_grad,
-            "zo/forward_passes": self.forward_passes,
-            "zo/skipped_steps": self.skipped_steps,
-        }
+        self.last_stats = self.probe_stats(loss, loss_plus, projected_grad)
         return loss

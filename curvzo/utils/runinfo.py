@@ -39,14 +39,31 @@ def package_versions() -> dict[str, str | None]:
 
 
 def reset_peak_memory() -> None:
-    """Start a job's peak-memory window (CUDA only; the CPU figure is the process peak RSS)."""
+    """Start a job's peak-memory window: the CUDA counter, and on Linux the process's RSS high-water
+    mark (writing 5 to /proc/self/clear_refs), so each job of a multirun reports its own peak."""
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def _rss_high_water_gb() -> float:
+    """VmHWM of this process since the last reset (Linux), else the lifetime peak from getrusage."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2**20  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kilobytes on Linux
 
 
 def peak_memory() -> dict[str, float | str]:
     """Peak CUDA allocation when a GPU is used, else the process's peak resident set size."""
     if torch.cuda.is_available() and torch.cuda.max_memory_allocated() > 0:
         return {"peak_mem_gb": torch.cuda.max_memory_allocated() / 2**30, "peak_mem_kind": "cuda_allocated"}
-    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
-    return {"peak_mem_gb": rss_kb / 2**20, "peak_mem_kind": "cpu_peak_rss"}
+    return {"peak_mem_gb": _rss_high_water_gb(), "peak_mem_kind": "cpu_peak_rss"}

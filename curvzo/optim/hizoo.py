@@ -1,0 +1,128 @@
+"""HiZOO: Hessian-informed ZO with a diagonal curvature estimate (optimizers.md §9).
+
+Zhao et al., "Second-Order Fine-Tuning without Pain for LLMs: A Hessian Informed Zeroth-Order
+Optimizer" (ICLR 2025); official code Yanjun-Zhao/HiZOO. H (one value per parameter, ones at
+start) preconditions both the probe and the step:
+  ℓ0 = L(θ),  ℓ± = L(θ ± ε H^{-1/2} z),
+  H ← (1−α_t) H + α_t |ℓ+ + ℓ− − 2ℓ0|/(2ε²) · H ⊙ z²,
+  θ ← θ − η [(ℓ+ − ℓ−)/(2ε) · H^{-1/2} z + λθ]   (the probe uses the old H, the step the new one).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from curvzo.optim.base import (
+    STATE_DTYPES,
+    ZerothOrderOptimizer,
+    check_choice,
+    check_fraction,
+    check_nonnegative,
+    check_positive,
+    state_buffer,
+)
+
+SMOOTH_SCHEDULES = ("constant", "step")
+
+
+class HiZOO(ZerothOrderOptimizer):
+    """Three forward passes per step; one diagonal-Hessian buffer per tensor (float32 by default).
+
+    Args:
+        params: tensors or parameter groups.
+        lr: learning rate η (no default; HiZOO README uses 1e-6 for OPT-13B full fine-tuning).
+        eps: perturbation scale ε (μ in the paper).
+        hessian_smooth: α, the EMA weight of each new curvature sample; 0 makes HiZOO MeZO plus
+            one wasted forward pass.
+        hessian_smooth_schedule: ``constant`` (α every step) or ``step`` (α until
+            ``hessian_smooth_switch_step``, then ``hessian_smooth_final``; the code's
+            ``constant_decay1`` is α 1e-6 switching to 1e-8 at step 9800).
+        weight_decay: decoupled λ on the groups that set it.
+        hessian_dtype: ``fp32`` (ours; increments survive) or ``param`` (the official code: in
+            fp16, 1 − 1e-8 rounds to 1 and small increments vanish).
+        seed: run seed for the step seeds.
+    """
+
+    forward_passes_per_step = 3  # ℓ0, ℓ+, ℓ− (the official code's 4th, logging-only pass is dropped)
+
+    def __init__(self, params: Any, lr: float, eps: float = 1e-3, hessian_smooth: float = 1e-8,
+                 weight_decay: float = 0.0, *, hessian_smooth_schedule: str = "constant",
+                 hessian_smooth_final: float = 1e-8, hessian_smooth_switch_step: int = 9800,
+                 hessian_dtype: str = "fp32", seed: int = 0) -> None:
+        self.eps = check_positive("eps", eps)
+        self.hessian_smooth = check_fraction("hessian_smooth", hessian_smooth, allow_zero=True)
+        self.hessian_smooth_schedule = check_choice("hessian_smooth_schedule", hessian_smooth_schedule,
+                                                    SMOOTH_SCHEDULES)
+        self.hessian_smooth_final = check_fraction("hessian_smooth_final", hessian_smooth_final, allow_zero=True)
+        self.hessian_smooth_switch_step = int(check_nonnegative("hessian_smooth_switch_step",
+                                                                hessian_smooth_switch_step))
+        self.hessian_dtype = check_choice("hessian_dtype", hessian_dtype, STATE_DTYPES)
+        super().__init__(params, {"lr": lr, "weight_decay": weight_decay}, seed=seed)
+        for block in self.blocks:
+            self.state[block.param]["hessian"] = state_buffer(block.param, self.hessian_dtype, fill=1.0)
+
+    def smoothing(self, step: int) -> float:
+        """α_t of the configured schedule at (0-based) step ``step``."""
+        if self.hessian_smooth_schedule == "step" and step >= self.hessian_smooth_switch_step:
+            return self.hessian_smooth_final
+        return self.hessian_smooth
+
+    def preconditioned_shift(self, seed: int, scale: float) -> None:
+        """θ_b += scale · H_b^{-1/2} ⊙ z_b for every block, in place."""
+        for block in self.blocks:
+            flat = block.param.data.view(-1)
+            hessian = self.state[block.param]["hessian"].view(-1)
+            for span, z in self.directions.spans(block.param, seed, block.index):
+                z.div_(hessian[span].float().sqrt())
+                flat[span].add_(z, alpha=scale)
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], torch.Tensor]) -> float:  # type: ignore[override]
+        """One HiZOO step (three forward passes); returns ℓ0, or NaN when the step was skipped."""
+        step, seed = self.begin_step(closure)
+        eps = self.eps
+        loss_center = self.probe(closure)
+        self.preconditioned_shift(seed, +eps)
+        loss_plus = self.probe(closure)
+        self.preconditioned_shift(seed, -2 * eps)
+        loss_minus = self.probe(closure)
+        self.preconditioned_shift(seed, +eps)  # restored with the same (old) H
+        losses = (loss_center, loss_plus, loss_minus)
+        if not all(math.isfinite(x) for x in losses):
+            self.skip(step, seed, losses)
+            return float("nan")
+        projected_grad = (loss_plus - loss_minus) / (2 * eps)
+        curvature = abs(loss_plus + loss_minus - 2 * loss_center) / (2 * eps * eps)
+        alpha = self.smoothing(step)
+        h_sum, h_min, h_max, count = 0.0, math.inf, -math.inf, 0
+        for block in self.blocks:
+            lr, wd = block.group["lr"], block.group["weight_decay"]
+            flat = block.param.data.view(-1)
+            hessian = self.state[block.param]["hessian"].view(-1)
+            if wd:
+                flat.mul_(1.0 - lr * wd)
+            for span, z in self.directions.spans(block.param, seed, block.index):
+                h = hessian[span]
+                # (1−α)H + α·c·H·z² computed in fp32 and stored once (rounded if H is kept in fp16/bf16)
+                updated = h.float() * (1 - alpha) + (alpha * curvature) * h.float() * z.square()
+                h.copy_(updated)
+                z.div_(h.float().sqrt())
+                flat[span].add_(z, alpha=-lr * projected_grad)
+                h_sum += float(updated.sum())
+                h_min, h_max = min(h_min, float(updated.min())), max(h_max, float(updated.max()))
+                count += updated.numel()
+        self.record(step=step, seed=seed, projected_grad=projected_grad, lr=self.lrs(), losses=list(losses),
+                    hessian_smooth=alpha)
+        self.last_stats = {
+            **self.probe_stats(loss_center, loss_plus, projected_grad),
+            "hizoo/curvature": curvature,
+            "hizoo/smooth": alpha,
+            "hizoo/h_mean": h_sum / max(count, 1),
+            "hizoo/h_min": h_min,
+            "hizoo/h_max": h_max,
+        }
+        return loss_center
