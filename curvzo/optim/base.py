@@ -216,12 +216,11 @@ class ZerothOrderOptimizer(torch.optim.Optimizer):
 class PseudoGradientOptimizer(ZerothOrderOptimizer):
     """MeZO's two-point probe feeding a stateful per-tensor rule (ZO_STATEFUL_STEP, optimizers.md §6).
 
-    Subclasses set ``self.eps`` and implement ``update_block(block, seed, projected_grad)``, which
+    Subclasses set ``self.eps`` and define ``update_block(block, seed, projected_grad)``, which
     regenerates z_b chunk by chunk, so the pseudo-gradient g·z_b exists one chunk at a time.
     """
 
-    def update_block(self, block: Block, seed: int, projected_grad: float) -> None:
-        raise NotImplementedError
+    update_block: Callable[[Block, int, float], None]  # defined by each subclass (ZOSGDMomentum, ZOAdam)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor]) -> float:  # type: ignore[override]
