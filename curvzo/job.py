@@ -22,6 +22,7 @@ from omegaconf.errors import MissingMandatoryValue
 from curvzo.data import load_splits
 from curvzo.errors import ConfigError
 from curvzo.loggers import JsonlLogger, LoggerGroup, MetricLogger, WandbLogger
+from curvzo.optim.base import optimizer_state_bytes
 from curvzo.peft_modes import parameter_groups
 from curvzo.train import LoopSettings, TrainingLoop
 from curvzo.utils.instantiate import check_targets, instantiate
@@ -212,8 +213,7 @@ def describe_optimizer(optimizer) -> dict[str, Any]:
         return {}
     if hasattr(optimizer, "describe"):
         return optimizer.describe()
-    tensors = [v for state in optimizer.state.values() for v in state.values() if isinstance(v, torch.Tensor)]
-    return {"state_bytes": sum(t.numel() * t.element_size() for t in tensors)}
+    return {"state_bytes": optimizer_state_bytes(optimizer)}
 
 
 def write_summary(output_dir: Path, summary: dict[str, Any]) -> None:

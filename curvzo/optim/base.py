@@ -69,6 +69,12 @@ def state_buffer(param: torch.Tensor, state_dtype: str, fill: float = 0.0) -> to
     return torch.full_like(param, fill, dtype=dtype, memory_format=torch.contiguous_format)
 
 
+def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """Bytes of the tensors in any torch optimizer's per-parameter ``state``."""
+    return sum(v.numel() * v.element_size() for s in optimizer.state.values() for v in s.values()
+               if isinstance(v, torch.Tensor))
+
+
 class ZerothOrderOptimizer(torch.optim.Optimizer):
     """Base class: seeded directions, in-place shifts, forward-pass accounting, trajectory."""
 
@@ -178,8 +184,7 @@ class ZerothOrderOptimizer(torch.optim.Optimizer):
 
     def state_bytes(self) -> int:
         """Bytes of persistent per-parameter state (``self.state``); methods add what they keep elsewhere."""
-        return sum(v.numel() * v.element_size() for s in self.state.values() for v in s.values()
-                   if isinstance(v, torch.Tensor))
+        return optimizer_state_bytes(self)
 
     def describe(self) -> dict[str, Any]:
         """What the run summary records about this optimizer: its state size and, per method, more."""

@@ -17,7 +17,13 @@ from typing import Any
 import torch
 
 from curvzo.errors import ConfigError
-from curvzo.optim.base import ZerothOrderOptimizer, check_fraction, check_nonnegative, check_positive
+from curvzo.optim.base import (
+    ZerothOrderOptimizer,
+    check_choice,
+    check_fraction,
+    check_nonnegative,
+    check_positive,
+)
 from curvzo.optim.block_sampling import (
     adaptive_budget,
     fixed_size_sample,
@@ -84,8 +90,7 @@ class CurvZO(ZerothOrderOptimizer):
         for name, value in (("sampling", sampling), ("design", design), ("score", score),
                             ("update_unselected", update_unselected), ("budget_mode", budget_mode),
                             ("entropy_term", entropy_term), ("budget_unit", budget_unit)):
-            if value not in _CHOICES[name]:
-                raise ConfigError(f"optimizer.{name} must be one of {', '.join(_CHOICES[name])}, got {value!r}")
+            check_choice(name, value, _CHOICES[name])
         super().__init__(params, {"lr": lr, "weight_decay": weight_decay}, seed=seed)
         self.sampling, self.design, self.score = sampling, design, score
         self.update_unselected, self.budget_mode = update_unselected, budget_mode

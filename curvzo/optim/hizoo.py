@@ -65,6 +65,14 @@ class HiZOO(ZerothOrderOptimizer):
         for block in self.blocks:
             self.state[block.param]["hessian"] = state_buffer(block.param, self.hessian_dtype, fill=1.0)
 
+    def _hessian_summary(self, summaries: list[torch.Tensor]) -> dict[str, float]:
+        if not summaries:
+            return {}
+        table = torch.stack(summaries).double()
+        count = sum(b.param.numel() for b in self.blocks)
+        return {"hizoo/h_mean": float(table[:, 0].sum()) / count, "hizoo/h_min": float(table[:, 1].min()),
+                "hizoo/h_max": float(table[:, 2].max())}
+
     def smoothing(self, step: int) -> float:
         """α_t of the configured schedule at (0-based) step ``step``."""
         if self.hessian_smooth_schedule == "step" and step >= self.hessian_smooth_switch_step:
@@ -98,7 +106,7 @@ class HiZOO(ZerothOrderOptimizer):
         projected_grad = (loss_plus - loss_minus) / (2 * eps)
         curvature = abs(loss_plus + loss_minus - 2 * loss_center) / (2 * eps * eps)
         alpha = self.smoothing(step)
-        h_sum, h_min, h_max, count = 0.0, math.inf, -math.inf, 0
+        summaries = []  # (sum, min, max) per chunk, kept on the device: one transfer per step, not per chunk
         for block in self.blocks:
             lr, wd = block.group["lr"], block.group["weight_decay"]
             flat = block.param.data.view(-1)
@@ -112,17 +120,13 @@ class HiZOO(ZerothOrderOptimizer):
                 h.copy_(updated)
                 z.div_(h.float().sqrt())
                 flat[span].add_(z, alpha=-lr * projected_grad)
-                h_sum += float(updated.sum())
-                h_min, h_max = min(h_min, float(updated.min())), max(h_max, float(updated.max()))
-                count += updated.numel()
+                summaries.append(torch.stack([updated.sum(), updated.min(), updated.max()]).cpu())
         self.record(step=step, seed=seed, projected_grad=projected_grad, lr=self.lrs(), losses=list(losses),
                     hessian_smooth=alpha)
         self.last_stats = {
             **self.probe_stats(loss_center, loss_plus, projected_grad),
             "hizoo/curvature": curvature,
             "hizoo/smooth": alpha,
-            "hizoo/h_mean": h_sum / max(count, 1),
-            "hizoo/h_min": h_min,
-            "hizoo/h_max": h_max,
+            **self._hessian_summary(summaries),
         }
         return loss_center
