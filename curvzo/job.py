@@ -26,11 +26,16 @@ from curvzo.optim.base import optimizer_state_bytes
 from curvzo.peft_modes import parameter_groups
 from curvzo.train import LoopSettings, TrainingLoop
 from curvzo.utils.instantiate import check_targets, instantiate
-from curvzo.utils.runinfo import git_commit, package_versions, peak_memory, reset_peak_memory
+from curvzo.utils.runinfo import (
+    git_commit,
+    package_versions,
+    peak_memory,
+    reset_peak_memory,
+)
 
 log = logging.getLogger(__name__)
 
-SELECT_BY = ("dev_loss", "dev_acc")
+SELECT_BY = ("dev_loss", "dev_metric")
 LR_SCHEDULES = ("constant", "linear")
 WANDB_MODES = ("offline", "online", "disabled")
 
@@ -93,6 +98,9 @@ def validate_config(cfg: DictConfig) -> LoopSettings:
         if trains(cfg):
             _choice(cfg, "optimizer.lr_schedule", LR_SCHEDULES)
             lr = OmegaConf.select(cfg, "optimizer.lr", throw_on_missing=True)
+            if lr is None:
+                raise ConfigError("optimizer.lr is required but not set (e.g. add optimizer.lr=<value>; full fine-tuning "
+                                  "has no default lr unless conf/model_optimizer/ holds one for this model)")
             if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not math.isfinite(lr) or lr <= 0:
                 raise ConfigError(f"optimizer.lr must be a finite number > 0, got {lr!r}")
             # a dry construction on a dummy tensor runs the optimizer's own argument checks
@@ -158,12 +166,14 @@ def run_job(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     splits = load_splits(task, cfg.paths.data_dir, cfg.budget.num_train, cfg.budget.num_dev,
                          cfg.budget.num_test, cfg.data_seed)
     OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
+    summary["metric"] = task.objective.metric
+    summary["objective"] = repr(task.objective)
     summary["data"] = {"source": splits.source, "train": len(splits.train), "dev": len(splits.dev), "test": len(splits.test)}
     log.info("data: %s (train %d, dev %d, test %d)", splits.source, len(splits.train), len(splits.dev), len(splits.test))
 
     reset_peak_memory()
     loaded = instantiate(cfg.model, "model")
-    model = instantiate(cfg.peft, "peft")(loaded.model)
+    model = instantiate(cfg.peft.adapter, "peft.adapter")(loaded.model)
     summary["model_source"] = loaded.source
     summary["trainable_params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
     optimizer = None
@@ -176,7 +186,7 @@ def run_job(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     logger.log_config(OmegaConf.to_container(cfg, resolve=True))
     trajectory = open(output_dir / "trajectory.jsonl", "w", encoding="utf-8") if getattr(optimizer, "forward_only", False) else None
     loop = TrainingLoop(model, loaded.tokenizer, loaded.device, optimizer, scheduler, splits, settings,
-                        logger, seed=cfg.seed, trajectory_file=trajectory)
+                        logger, seed=cfg.seed, trajectory_file=trajectory, objective=task.objective)
     status = "failed"
     try:
         result = loop.run()

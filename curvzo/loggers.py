@@ -89,7 +89,8 @@ class WandbLogger:
                 settings=wandb.Settings(console="off", silent=True),
             )
             self._run.define_metric("zo/forward_passes")
-            self._run.define_metric("eval/dev_acc", summary="max")
+            for metric in ("eval/dev_acc", "eval/dev_f1", "eval/dev_em"):
+                self._run.define_metric(metric, summary="max")
         except Exception as err:  # W&B must never stop training
             self._warn(err)
 

@@ -65,7 +65,9 @@ def hydra_app(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     output_dir = Path(hydra_cfg.runtime.output_dir)
     try:
-        from curvzo.job import run_job  # heavy imports after Hydra has parsed the command line
+        from curvzo.job import (
+            run_job,  # heavy imports after Hydra has parsed the command line
+        )
 
         summary = run_job(cfg, output_dir)
     except CurvzoError as err:
@@ -74,19 +76,20 @@ def hydra_app(cfg: DictConfig) -> float | None:
             sys.exit(2)
         raise  # in a sweep the other jobs go on; Hydra reports the failure at the end
     _report(summary)
-    best = summary.get("test_at_best_dev", {}).get("test_acc")
-    return best
+    return summary.get("test_at_best_dev", {}).get(f"test_{summary.get('metric', 'acc')}")
 
 
 def _report(summary: dict) -> None:
-    zero = summary.get("zero_shot", {}).get("test_acc")
+    metric = summary.get("metric", "acc")
+    name = {"acc": "accuracy", "f1": "F1"}.get(metric, metric)
+    zero = summary.get("zero_shot", {}).get(f"test_{metric}")
     after = summary.get("test_at_best_dev", {})
     lines = [f"status: {summary['status']}"]
     if zero is not None:
-        lines.append(f"zero-shot test accuracy: {100 * zero:.1f}")
+        lines.append(f"zero-shot test {name}: {100 * zero:.1f}")
     if summary.get("steps"):
         lines.append(
-            f"test accuracy after {summary['steps']} steps: {100 * after.get('test_acc', float('nan')):.1f}"
+            f"test {name} after {summary['steps']} steps: {100 * after.get(f'test_{metric}', float('nan')):.1f}"
             f" (model selected at step {after.get('step')} by {summary.get('select_by', 'dev')})"
         )
         lines.append(f"wall time {summary['wall_time_s']:.0f} s, {summary['sec_per_step']:.2f} s/step, "

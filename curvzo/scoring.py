@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from curvzo.data.example import Example
+from curvzo.example import Example
 
 PAD_TO_MULTIPLE_OF = 8  # MeZO's collator pads to a multiple of 8 (protocol.md §5)
 
@@ -45,7 +45,8 @@ class ScoringBatch:
         return ScoringBatch(**fields)
 
 
-def _truncate_left(ids: list[int], max_length: int, bos_id: int | None) -> list[int]:
+def truncate_left(ids: list[int], max_length: int, bos_id: int | None) -> list[int]:
+    """The last ``max_length`` ids, keeping a leading BOS (protocol.md §5: BOS + the last max_length - 1)."""
     if len(ids) <= max_length:
         return ids
     if bos_id is not None and ids and ids[0] == bos_id:
@@ -72,13 +73,13 @@ def encode_examples(
         )
         if shared:
             seq = len(sequences)
-            sequences.append(_truncate_left(prompt_ids, max_length, bos_id))
+            sequences.append(truncate_left(prompt_ids, max_length, bos_id))
             for o, f in enumerate(full_ids):
                 reads.append((seq, 1, f[-1], e * max_options + o))
             continue
         for o, (f, n) in enumerate(zip(full_ids, option_lens)):
             seq = len(sequences)
-            sequences.append(_truncate_left(f, max_length, bos_id))
+            sequences.append(truncate_left(f, max_length, bos_id))
             # token i of the option (0-based) sits n - i positions from the end and is predicted
             # by the logits one position earlier, i.e. n - i + 1 from the end
             for i in range(n):
@@ -107,8 +108,8 @@ def encode_examples(
     )
 
 
-def candidate_scores(model, batch: ScoringBatch) -> torch.Tensor:
-    """[E, max_options] mean option-token log-probabilities; missing options are -inf."""
+def option_token_logprobs(model, batch: ScoringBatch) -> torch.Tensor:
+    """[N] float32 log-probability of every option token in the batch, teacher-forced."""
     # explicit positions: left padding must not shift rotary/learned positions of the real tokens
     position_ids = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
     out = model(
@@ -120,7 +121,12 @@ def candidate_scores(model, batch: ScoringBatch) -> torch.Tensor:
     )
     logits = out.logits[:, -batch.logits_to_keep:, :]
     logprobs = F.log_softmax(logits[batch.token_seq, batch.token_pos].float(), dim=-1)
-    token_logprob = logprobs.gather(-1, batch.token_id.unsqueeze(-1)).squeeze(-1)
+    return logprobs.gather(-1, batch.token_id.unsqueeze(-1)).squeeze(-1)
+
+
+def candidate_scores(model, batch: ScoringBatch) -> torch.Tensor:
+    """[E, max_options] mean option-token log-probabilities; missing options are -inf."""
+    token_logprob = option_token_logprobs(model, batch)
     num_examples = batch.labels.numel()
     flat = num_examples * batch.max_options
     sums = torch.zeros(flat, dtype=torch.float32, device=token_logprob.device).index_add_(0, batch.token_cand, token_logprob)
@@ -129,6 +135,18 @@ def candidate_scores(model, batch: ScoringBatch) -> torch.Tensor:
     )
     scores = torch.where(counts > 0, sums / counts.clamp(min=1), torch.full_like(sums, float("-inf")))
     return scores.view(num_examples, batch.max_options)
+
+
+def gold_lm_loss(model, batch: ScoringBatch) -> torch.Tensor:
+    """Token-level cross-entropy over every option token of the batch (MeZO's non-classification
+    objective: averaged over all tokens, so longer answers weigh more). ``batch`` holds one
+    option per example, the gold one (see :func:`gold_only`)."""
+    return -option_token_logprobs(model, batch).mean()
+
+
+def gold_only(example: Example) -> Example:
+    """The example reduced to its gold option: what a language-model loss trains on."""
+    return Example(example.prompt, (example.options[example.label],), 0)
 
 
 def classification_loss(scores: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

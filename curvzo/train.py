@@ -2,7 +2,7 @@
 
 Selection follows protocol.md §8: at step 0 and every ``eval_every`` steps (and at the last step)
 dev and test are scored; the kept model is the best by ``select_by`` (dev loss, as MeZO's
-``load_best_model_at_end``, or dev accuracy), and the reported test score is the one at that
+``load_best_model_at_end``, or the dev metric), and the reported test score is the one at that
 point. This equals reloading the best model at the end and testing it, without a checkpoint. The
 test score never drives a choice.
 """
@@ -20,10 +20,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from curvzo.data.example import Example
+from curvzo.example import Example
 from curvzo.loggers import MetricLogger
+from curvzo.objectives import CandidateClassification
 from curvzo.optim.directions import mix64
-from curvzo.scoring import candidate_scores, classification_loss, encode_examples, predictions
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ class LoopSettings:
     eval_every: int
     eval_batch_size: int
     max_length: int
-    select_by: str = "dev_loss"  # dev_loss (MeZO) | dev_acc
+    select_by: str = "dev_loss"  # dev_loss (MeZO) | dev_metric (the task's accuracy or F1)
     max_nonfinite_streak: int = 10
     log_every: int = 1
     max_forward_passes: int | None = None  # never exceed this many in training (equal-cost comparisons)
@@ -64,22 +64,15 @@ class LoopResult:
 
 
 @torch.inference_mode()
-def evaluate(model, tokenizer, examples: Sequence[Example], batch_size: int, max_length: int, device) -> dict:
-    """Mean candidate cross-entropy and accuracy of ``examples`` (eval mode, no dropout)."""
+def evaluate(model, tokenizer, objective, examples: Sequence[Example], batch_size: int, max_length: int,
+             device) -> dict:
+    """The objective's loss and metrics on ``examples``, in eval mode (no dropout)."""
     was_training = model.training
     model.eval()
-    total_loss, correct = 0.0, 0
-    # similar lengths share a batch, so little compute goes to padding; each score is per example
-    ordered = sorted(examples, key=lambda ex: len(ex.prompt) + max(len(o) for o in ex.options))
-    for start in range(0, len(ordered), batch_size):
-        chunk = ordered[start:start + batch_size]
-        batch = encode_examples(chunk, tokenizer, max_length).to(device)
-        scores = candidate_scores(model, batch)
-        total_loss += float(classification_loss(scores, batch.labels)) * len(chunk)
-        correct += int((predictions(scores) == batch.labels).sum())
-    model.train(was_training)
-    n = max(len(examples), 1)
-    return {"loss": total_loss / n, "acc": correct / n, "n": len(examples)}
+    try:
+        return objective.evaluate(model, tokenizer, examples, batch_size, max_length, device)
+    finally:
+        model.train(was_training)
 
 
 def training_batches(examples: Sequence[Example], batch_size: int, seed: int,
@@ -96,8 +89,9 @@ class TrainingLoop:
     """Runs one fine-tuning job on prepared splits; ``optimizer=None`` evaluates only."""
 
     def __init__(self, model, tokenizer, device, optimizer, scheduler, splits, settings: LoopSettings,
-                 logger: MetricLogger, seed: int, trajectory_file=None) -> None:
+                 logger: MetricLogger, seed: int, trajectory_file=None, objective=None) -> None:
         self.model, self.tokenizer, self.device = model, tokenizer, device
+        self.objective = objective if objective is not None else CandidateClassification()
         self.optimizer, self.scheduler = optimizer, scheduler
         self.splits, self.settings, self.logger, self.seed = splits, settings, logger, seed
         self.trajectory_file = trajectory_file
@@ -107,26 +101,27 @@ class TrainingLoop:
     # evaluation ------------------------------------------------------------------------------
     def _eval(self, examples) -> dict:
         s = self.settings
-        return evaluate(self.model, self.tokenizer, examples, s.eval_batch_size, s.max_length, self.device)
+        if not examples:
+            return {"loss": float("nan"), **{m: float("nan") for m in self.objective.metrics}, "n": 0}
+        return evaluate(self.model, self.tokenizer, self.objective, examples, s.eval_batch_size, s.max_length,
+                        self.device)
 
     def _dev_key(self, dev: dict) -> float:
-        return dev["loss"] if self.settings.select_by == "dev_loss" else -dev["acc"]
+        return dev["loss"] if self.settings.select_by == "dev_loss" else -dev[self.objective.metric]
 
     def evaluation_point(self, step: int) -> None:
         """Score dev and test, update the dev-selected best, log both."""
-        dev = self._eval(self.splits.dev) if self.splits.dev else {"loss": float("nan"), "acc": float("nan"), "n": 0}
-        row = {"eval/dev_loss": dev["loss"], "eval/dev_acc": dev["acc"]}
+        dev, test = self._eval(self.splits.dev), self._eval(self.splits.test)
+        metrics = ["loss", *self.objective.metrics]
+        row = {f"eval/dev_{k}": dev[k] for k in metrics} | {f"eval/test_{k}": test[k] for k in metrics}
         self.result.last_dev = {"step": step, **dev}
-        test = self._eval(self.splits.test)
-        row.update({"eval/test_loss": test["loss"], "eval/test_acc": test["acc"]})
         if step == 0:
-            self.result.zero_shot = {"test_acc": test["acc"], "test_loss": test["loss"],
-                                     "dev_acc": dev["acc"], "dev_loss": dev["loss"]}
+            self.result.zero_shot = {f"test_{k}": test[k] for k in metrics} | {f"dev_{k}": dev[k] for k in metrics}
         best = self.result.best
         improved = not best or (math.isfinite(self._dev_key(dev)) and self._dev_key(dev) < best["key"])
         if improved:
-            self.result.best = {"step": step, "key": self._dev_key(dev), "dev_loss": dev["loss"], "dev_acc": dev["acc"]}
-            self.result.test_at_best = {"step": step, "test_acc": test["acc"], "test_loss": test["loss"]}
+            self.result.best = {"step": step, "key": self._dev_key(dev), **{f"dev_{k}": dev[k] for k in metrics}}
+            self.result.test_at_best = {"step": step, **{f"test_{k}": test[k] for k in metrics}}
         row["eval/selected_step"] = self.result.best["step"]
         self.logger.log_dict({**row, **self._counters()}, step=step)
 
@@ -137,14 +132,17 @@ class TrainingLoop:
     def _loss_closure(self, batch):
         def closure() -> torch.Tensor:
             with torch.inference_mode():
-                return classification_loss(candidate_scores(self.model, batch), batch.labels)
+                return self.objective.loss(self.model, batch)
         return closure
+
+    def _batch(self, examples):
+        return self.objective.training_batch(examples, self.tokenizer, self.settings.max_length).to(self.device)
 
     def _extra_closures(self) -> Iterator:
         """Closures over minibatches from a second data order, encoded only when drawn (DiZO's probes)."""
         s = self.settings
         for examples in training_batches(self.splits.train, s.batch_size, self.seed, _EXTRA_BATCH_STREAM):
-            yield self._loss_closure(encode_examples(examples, self.tokenizer, s.max_length).to(self.device))
+            yield self._loss_closure(self._batch(examples))
 
     def _zo_step(self, batch) -> float:
         self.model.eval()  # ZO probes run without dropout (MeZO zo_forward)
@@ -156,7 +154,7 @@ class TrainingLoop:
     def _first_order_step(self, batch) -> float:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        loss = classification_loss(candidate_scores(self.model, batch), batch.labels)
+        loss = self.objective.loss(self.model, batch)
         self.result.forward_passes += 1
         if not torch.isfinite(loss):
             self.result.skipped_steps += 1
@@ -169,7 +167,9 @@ class TrainingLoop:
         """Evaluate zero-shot, train for the budget (if there is an optimizer), return the result."""
         s = self.settings
         self.evaluation_point(0)
-        log.info("zero-shot: dev acc %.4f, test acc %.4f", self.result.zero_shot["dev_acc"], self.result.zero_shot["test_acc"])
+        metric = self.objective.metric
+        log.info("zero-shot: dev %s %.4f, test %s %.4f", metric, self.result.zero_shot[f"dev_{metric}"], metric,
+                 self.result.zero_shot[f"test_{metric}"])
         if self.optimizer is None:
             self.result.train_time_s = time.perf_counter() - self._start
             return self.result
@@ -184,7 +184,7 @@ class TrainingLoop:
                 t0 = time.perf_counter()
                 passes_before = self.result.forward_passes
                 examples = next(batches)
-                batch = encode_examples(examples, self.tokenizer, s.max_length).to(self.device)
+                batch = self._batch(examples)
                 loss = self._zo_step(batch) if forward_only else self._first_order_step(batch)
                 lr = float(self.optimizer.param_groups[0]["lr"])
                 if self.scheduler is not None:

@@ -24,3 +24,17 @@ def shared_data_dir() -> Path:
             pytest.fail(f"CURVZO_REQUIRE_DATA=1 but no official data at {path}")
         pytest.skip(f"official data not found at {path} (set CURVZO_DATA_DIR)")
     return path
+
+
+@pytest.fixture
+def hub_offline(monkeypatch, tmp_path):
+    """No network, and a throwaway datasets cache, for tests of the hub path with local stand-ins."""
+    import datasets
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    # the libraries read these at import time, so the module constants are patched too
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")

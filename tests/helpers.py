@@ -1,10 +1,12 @@
-"""Test helpers: tiny models built from the repository's own model configs."""
+"""Test helpers: tiny models and tasks built from the repository's own configs, data stand-ins."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import hydra.utils
+import pytest
 import torch
 from omegaconf import OmegaConf
 
@@ -50,3 +52,44 @@ def net_loss(net):
     x, y = torch.randn(32, 8, generator=g), torch.randn(32, 1, generator=g)
     dtype = next(net.parameters()).dtype
     return lambda: torch.nn.functional.mse_loss(net(x.to(dtype)), y.to(dtype)).float()
+
+
+# task data ---------------------------------------------------------------------------------------
+CONF_TASK = REPO_ROOT / "conf" / "task"
+
+
+def load_task(name: str, **overrides):
+    """Instantiate conf/task/<name>.yaml, with constructor overrides (e.g. a stand-in ``hub_id``)."""
+    return hydra.utils.instantiate(OmegaConf.load(CONF_TASK / f"{name}.yaml"), **overrides)
+
+
+def data_error(name: str, data_dir: Path) -> str:
+    """The one-line DataError that loading task ``name`` from ``data_dir`` raises."""
+    from curvzo.errors import DataError
+
+    with pytest.raises(DataError) as info:
+        load_task(name).load_pools(str(data_dir))
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def write_hub_repo(root: Path, config: str | None, splits: dict[str, list[dict]]) -> Path:
+    """A local stand-in for a hub parquet dataset: one parquet file per split and a README whose
+    ``configs:`` header maps the config to its files (how aps/super_glue and friends declare theirs)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    config_name = config or "default"
+    lines = ["---", "configs:", f"- config_name: {config_name}", "  data_files:"]
+    for split, rows in splits.items():
+        (root / config_name).mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.Table.from_pylist(rows), root / config_name / f"{split}-00000-of-00001.parquet")
+        lines += [f"  - split: {split}", f"    path: {config_name}/{split}-*"]
+    (root / "README.md").write_text("\n".join(lines + ["---", ""]))
+    return root
+
+
+def write_jsonl(path: Path, records: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(record) + "\n" for record in records))

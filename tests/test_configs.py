@@ -49,7 +49,8 @@ def test_every_option_composes_and_resolves(group, option):
 def test_group_options_exist():
     assert {"smollm2-135m", "opt-125m", "opt-1.3b", "opt-2.7b", "opt-6.7b", "opt-13b", "llama2-7b", "llama2-13b",
             "tiny-opt", "tiny-llama"} <= set(options("model"))
-    assert {"sst2", "rte", "cb", "boolq", "tweets"} <= set(options("task"))
+    assert {"sst2", "rte", "cb", "boolq", "tweets", "wsc", "wic", "multirc", "copa", "record", "squad",
+            "drop"} <= set(options("task"))
     assert {"mezo", "fo_adam", "none", "curvzo", "curvzo_uniform", "curvzo_fixed"} <= set(options("optimizer"))
     assert {"smoke", "quickstart", "mezo", "ft"} <= set(options("budget"))
 

@@ -6,19 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
-from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from curvzo.data import Task
-from curvzo.errors import DataError
-
-CONF_TASK = Path(__file__).resolve().parents[1] / "conf" / "task"
+from curvzo.errors import ConfigError, DataError
+from curvzo.utils.instantiate import instantiate
+from tests.helpers import CONF_TASK, data_error, load_task
 
 RTE_OK = {"premise": "Cats purr.", "hypothesis": "Cats make sounds.", "label": "entailment", "idx": 0}
-
-
-def load_task(name: str) -> Task:
-    return instantiate(OmegaConf.load(CONF_TASK / f"{name}.yaml"))
 
 
 def write_rte(data_dir: Path, train_text: str, val_text: str | None = None) -> None:
@@ -33,14 +27,6 @@ def write_sst2(data_dir: Path, train_text: str) -> None:
     task_dir.mkdir(parents=True)
     (task_dir / "train.tsv").write_text(train_text)
     (task_dir / "dev.tsv").write_text("sentence\tlabel\nfine\t1\n")
-
-
-def data_error(name: str, data_dir: Path) -> str:
-    with pytest.raises(DataError) as info:
-        load_task(name).load_pools(str(data_dir))
-    message = str(info.value)
-    assert "\n" not in message
-    return message
 
 
 def test_malformed_json_names_file_and_line(tmp_path):
@@ -112,3 +98,31 @@ def test_missing_file(tmp_path):
 def test_empty_file_is_rejected(tmp_path):
     write_rte(tmp_path, "\n")
     assert "train.jsonl: file holds no examples" in data_error("rte", tmp_path)
+
+
+def write_boolq(data_dir: Path, files: dict[str, int]) -> Path:
+    """BoolQ files in the official layout with ``n`` numbered questions each."""
+    task_dir = data_dir / "super_glue" / "BoolQ"
+    task_dir.mkdir(parents=True)
+    for name, n in files.items():
+        (task_dir / name).write_text("".join(json.dumps({"question": f"{name} {i}", "passage": "p", "label": i % 2 == 0})
+                                             + "\n" for i in range(n)))
+    return data_dir
+
+
+def test_boolq_carves_its_train_pool_only_when_configured(tmp_path):
+    carved = load_task("boolq", valsplit_test_size=3).load_pools(str(write_boolq(tmp_path / "a", {"val.jsonl": 5})))
+    assert (len(carved.train), len(carved.test)) == (2, 3) and carved.source.startswith("boolq_valsplit:")
+    assert "first 3 = test pool, remaining 2" in carved.source
+    refused = tmp_path / "b"
+    write_boolq(refused, {"val.jsonl": 5})
+    with pytest.raises(DataError, match="set task.valsplit_test_size"):
+        load_task("boolq", valsplit_test_size=None).load_pools(str(refused))
+    with pytest.raises(DataError, match="5 rows cannot be split into a 5-row test pool"):
+        load_task("boolq", valsplit_test_size=5).load_pools(str(write_boolq(tmp_path / "c", {"val.jsonl": 5})))
+    bad = OmegaConf.merge(OmegaConf.load(CONF_TASK / "boolq.yaml"), {"valsplit_test_size": 0})
+    with pytest.raises(ConfigError, match="task boolq: valsplit_test_size must be a positive integer or null"):
+        instantiate(bad, "task")  # what curvzo-run does: the task's own one-line error
+    official = load_task("boolq").load_pools(str(write_boolq(tmp_path / "d", {"train.jsonl": 4, "val.jsonl": 2})))
+    assert [row["question"] for row in official.train] == [f"train.jsonl {i}" for i in range(4)]
+    assert (len(official.test), official.source) == (2, "local super_glue/BoolQ (train.jsonl, val.jsonl)")

@@ -8,54 +8,12 @@ local files, and both paths must give the same rows and prompts.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
-import datasets
-import huggingface_hub.constants
-import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
-from curvzo.data import Task
 from curvzo.errors import DataError
+from tests.helpers import load_task, write_hub_repo, write_jsonl
 
-CONF_TASK = Path(__file__).resolve().parents[1] / "conf" / "task"
-
-
-def load_task(name: str, **overrides) -> Task:
-    return instantiate(OmegaConf.load(CONF_TASK / f"{name}.yaml"), **overrides)
-
-
-@pytest.fixture(autouse=True)
-def offline(monkeypatch, tmp_path):
-    """No network, and a throwaway datasets cache."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    # The libraries read these at import time, so the module constants are patched too.
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")
-
-
-def write_hub_repo(root: Path, config: str | None, splits: dict[str, list[dict]]) -> Path:
-    """A dataset folder with one parquet file per split and a README ``configs:`` header."""
-    config_name = config or "default"
-    lines = ["---", "configs:", f"- config_name: {config_name}", "  data_files:"]
-    for split, rows in splits.items():
-        (root / config_name).mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.Table.from_pylist(rows), root / config_name / f"{split}-00000-of-00001.parquet")
-        lines += [f"  - split: {split}", f"    path: {config_name}/{split}-*"]
-    (root / "README.md").write_text("\n".join(lines + ["---", ""]))
-    return root
-
-
-def write_jsonl(path: Path, records: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(record) + "\n" for record in records))
-
+pytestmark = pytest.mark.usefixtures("hub_offline")  # no network, a throwaway datasets cache
 
 SST2_TRAIN = [("hide new secretions from the parental units ", 0), ("a gripping , funny film ", 1),
               ('the "best" part ', 1)]

@@ -7,13 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
-from curvzo.data import Task, load_splits
+from curvzo.data import load_splits
 from curvzo.data.sampling import sample_train_dev_indices
-
-CONF_TASK = Path(__file__).resolve().parents[1] / "conf" / "task"
+from tests.helpers import load_task
 
 # task: (train pool, test pool, train, dev, test) under the MeZO defaults 1000/500/1000.
 EXPECTED_SIZES = {
@@ -21,11 +18,11 @@ EXPECTED_SIZES = {
     "rte": (2_490, 277, 1000, 500, 277),
     "cb": (250, 56, 150, 100, 56),
     "boolq": (2_270, 1_000, 1000, 500, 1000),
+    "wsc": (554, 104, 54, 500, 104),  # protocol.faithful_small_pools: the pool runs out after 54 + 500
+    "wic": (5_428, 638, 1000, 500, 638),
+    "multirc": (27_243, 4_848, 1000, 500, 1000),  # one row per (paragraph, question, answer)
+    "copa": (400, 100, 300, 100, 100),  # dev_cap 100
 }
-
-
-def load_task(name: str) -> Task:
-    return instantiate(OmegaConf.load(CONF_TASK / f"{name}.yaml"))
 
 
 @pytest.fixture(scope="module")

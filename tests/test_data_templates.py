@@ -2,19 +2,10 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-from hydra.utils import instantiate
-from omegaconf import OmegaConf
 
-from curvzo.data import CB, RTE, SST2, BoolQ, Example, Task, TweetSentiment
-
-CONF_TASK = Path(__file__).resolve().parents[1] / "conf" / "task"
-
-
-def load_task(name: str, **overrides) -> Task:
-    return instantiate(OmegaConf.load(CONF_TASK / f"{name}.yaml"), **overrides)
+from curvzo.data import CB, RTE, SST2, BoolQ, Example, TweetSentiment
+from tests.helpers import CONF_TASK, load_task
 
 
 def scored(example: Example, option: int) -> str:

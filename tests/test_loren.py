@@ -375,11 +375,13 @@ def test_config_file_defaults_match_the_class_and_instantiate():
     cfg = OmegaConf.to_container(OmegaConf.load(CONF))
     lines = CONF.read_text().splitlines()
     assert lines[1].startswith("# launch: curvzo-run ") and "optimizer=loren" in lines[1]
-    assert cfg.pop("_target_") == "curvzo.optim.loren.LOREN" and cfg.pop("lr") == "???"
+    assert cfg.pop("_target_") == "curvzo.optim.loren.LOREN" and cfg.pop("lr") == "${peft.zo_lr}"
     assert cfg.pop("seed") == "${seed}" and cfg.pop("lr_schedule") == "constant"
+    assert cfg.pop("eps") == "${peft.zo_eps}"  # the PEFT mode's: conf/peft/full.yaml gives the class default
     defaults = {k: v.default for k, v in inspect.signature(LOREN).parameters.items()
                 if v.default is not inspect.Parameter.empty}
+    assert OmegaConf.load(CONF.parents[1] / "peft" / "full.yaml").zo_eps == defaults.pop("eps")
     assert cfg == {k: v for k, v in defaults.items() if k != "seed"}
     assert all("#" in line for line in lines if line and not line.startswith(("#", "_target_")))  # keys commented
-    opt = LOREN([torch.nn.Parameter(torch.zeros(3))], lr=1e-3, seed=0, **cfg)
+    opt = LOREN([torch.nn.Parameter(torch.zeros(3))], lr=1e-3, eps=1e-3, seed=0, **cfg)
     assert opt.num_queries == 10 and opt.damping == 0.1 and opt.lr_cov == 1e-3

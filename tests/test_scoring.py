@@ -6,8 +6,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from curvzo.data.example import Example
-from curvzo.scoring import candidate_scores, classification_loss, encode_examples, predictions
+from curvzo.example import Example
+from curvzo.scoring import (
+    candidate_scores,
+    classification_loss,
+    encode_examples,
+    predictions,
+)
 from tests.helpers import tiny_model
 
 EXAMPLES = [

@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from curvzo.data.example import Example
 from curvzo.data.readers import load_hub_split, require_task_dir
 from curvzo.errors import ConfigError
+from curvzo.example import Example
+from curvzo.objectives import CandidateClassification
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,7 @@ class Task(abc.ABC):
 
     name: str
     dev_cap: int | None
+    objective = CandidateClassification()  # how the task trains and is scored (curvzo.objectives); subclasses override
 
     def __init__(self, name: str, dev_cap: int | None = None) -> None:
         if dev_cap is not None and (isinstance(dev_cap, bool) or not isinstance(dev_cap, int) or dev_cap < 0):

@@ -133,6 +133,50 @@ def text_field(record: dict[str, Any], key: str, where: str) -> str:
     return value
 
 
+def object_field(record: dict[str, Any], key: str, where: str) -> dict[str, Any]:
+    """``record[key]``, which must be present and a JSON object."""
+    if key not in record:
+        raise DataError(f"{where}: missing field {key!r}")
+    value = record[key]
+    if not isinstance(value, dict):
+        raise DataError(f"{where}: field {key!r} must be an object, got {type(value).__name__}")
+    return value
+
+
+def list_field(record: dict[str, Any], key: str, where: str) -> list[Any]:
+    """``record[key]``, which must be present and a JSON array."""
+    if key not in record:
+        raise DataError(f"{where}: missing field {key!r}")
+    value = record[key]
+    if not isinstance(value, list):
+        raise DataError(f"{where}: field {key!r} must be a list, got {type(value).__name__}")
+    return value
+
+
+def int_field(record: dict[str, Any], key: str, where: str) -> int:
+    """``record[key]``, which must be present and an integer (not a boolean)."""
+    if key not in record:
+        raise DataError(f"{where}: missing field {key!r}")
+    value = record[key]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise DataError(f"{where}: field {key!r} must be an integer, got {value!r}")
+    return value
+
+
+def text_list_field(record: dict[str, Any], key: str, where: str) -> list[str]:
+    """``record[key]``, which must be a list of strings."""
+    values = list_field(record, key, where)
+    for i, value in enumerate(values):
+        if not isinstance(value, str):
+            raise DataError(f"{where}: {key}[{i}] must be a string, got {type(value).__name__}")
+    return list(values)
+
+
+def text_fields(record: dict[str, Any], keys: tuple[str, ...], where: str) -> dict[str, str]:
+    """The string fields ``keys`` of ``record``, each checked as :func:`text_field` does."""
+    return {key: text_field(record, key, where) for key in keys}
+
+
 def name_label(record: dict[str, Any], names: tuple[str, ...], where: str) -> int:
     """Index of a string label (the official files' form) in ``names``."""
     if "label" not in record:

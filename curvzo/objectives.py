@@ -1,0 +1,158 @@
+"""How a task trains and is scored (protocol.md §6–§7): one object per objective.
+
+A task names its objective; the training loop only calls the three methods below, so a new
+kind of task is a new class here, not a branch in the loop.
+
+- :class:`CandidateClassification` (SST-2, RTE, CB, BoolQ, WSC, WiC, MultiRC): cross-entropy
+  over the candidates' mean option log-probabilities; accuracy by argmax.
+- :class:`GoldOptionLM` (COPA, ReCoRD): language-model loss on the gold option only; accuracy by
+  the same candidate scoring, a hit when the argmax is any correct option.
+- :class:`AnswerGeneration` (SQuAD, DROP): language-model loss on the gold answer; F1 and EM of
+  greedy generations, the maximum over gold answers.
+
+Every ``evaluate`` returns ``{"loss", <metrics>..., "n"}`` where ``loss`` is the training
+objective on the examples (MeZO selects checkpoints on it) and ``metric`` names the primary one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from curvzo.example import Example
+from curvzo.generation import greedy_decode
+from curvzo.metrics import exact_match, f1_score
+from curvzo.scoring import (
+    ScoringBatch,
+    candidate_scores,
+    classification_loss,
+    encode_examples,
+    gold_lm_loss,
+    gold_only,
+    option_token_logprobs,
+    predictions,
+)
+
+
+def _length_sorted(examples: Sequence[Example]) -> list[Example]:
+    # similar lengths share a batch, so little compute goes to padding; every metric is per example
+    return sorted(examples, key=lambda ex: len(ex.prompt) + max(len(o) for o in ex.options))
+
+
+def _chunks(examples: Sequence[Example], batch_size: int):
+    ordered = _length_sorted(examples)
+    for start in range(0, len(ordered), batch_size):
+        yield ordered[start:start + batch_size]
+
+
+def _gold_token_nll(model, tokenizer, examples, batch_size, max_length, device) -> float:
+    """Mean negative log-likelihood over every gold-option token of ``examples``."""
+    total, tokens = 0.0, 0
+    for chunk in _chunks(examples, batch_size):
+        batch = encode_examples([gold_only(ex) for ex in chunk], tokenizer, max_length).to(device)
+        logprobs = option_token_logprobs(model, batch)
+        total -= float(logprobs.sum())
+        tokens += logprobs.numel()
+    return total / max(tokens, 1)
+
+
+class CandidateClassification:
+    """Cross-entropy over candidate scores (MeZO ``train_as_classification``); accuracy."""
+
+    metric = "acc"
+    metrics = ("acc",)  # what evaluate reports beside the loss; ``metric`` is the primary one
+
+    def training_batch(self, examples: Sequence[Example], tokenizer, max_length: int) -> ScoringBatch:
+        return encode_examples(examples, tokenizer, max_length)
+
+    def loss(self, model, batch: ScoringBatch) -> torch.Tensor:
+        return classification_loss(candidate_scores(model, batch), batch.labels)
+
+    @torch.inference_mode()
+    def evaluate(self, model, tokenizer, examples: Sequence[Example], batch_size: int, max_length: int,
+                 device) -> dict:
+        total_loss, correct = 0.0, 0
+        for chunk in _chunks(examples, batch_size):
+            batch = encode_examples(chunk, tokenizer, max_length).to(device)
+            scores = candidate_scores(model, batch)
+            total_loss += float(classification_loss(scores, batch.labels)) * len(chunk)
+            correct += _hits(predictions(scores).tolist(), chunk)
+        n = max(len(examples), 1)
+        return {"loss": total_loss / n, "acc": correct / n, "n": len(examples)}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+def _hits(predicted: list[int], examples: Sequence[Example]) -> int:
+    return sum(p in ex.correct_options for p, ex in zip(predicted, examples))
+
+
+class GoldOptionLM(CandidateClassification):
+    """Language-model loss on the gold option (MeZO ``--train_as_classification False``);
+    accuracy by candidate scoring. Dev loss is the same token-level loss."""
+
+    def training_batch(self, examples: Sequence[Example], tokenizer, max_length: int) -> ScoringBatch:
+        return encode_examples([gold_only(ex) for ex in examples], tokenizer, max_length)
+
+    def loss(self, model, batch: ScoringBatch) -> torch.Tensor:
+        return gold_lm_loss(model, batch)
+
+    @torch.inference_mode()
+    def evaluate(self, model, tokenizer, examples: Sequence[Example], batch_size: int, max_length: int,
+                 device) -> dict:
+        correct = 0
+        for chunk in _chunks(examples, batch_size):
+            batch = encode_examples(chunk, tokenizer, max_length).to(device)
+            correct += _hits(predictions(candidate_scores(model, batch)).tolist(), chunk)
+        n = max(len(examples), 1)
+        loss = _gold_token_nll(model, tokenizer, examples, batch_size, max_length, device) if examples else float("nan")
+        return {"loss": loss, "acc": correct / n, "n": len(examples)}
+
+
+class AnswerGeneration:
+    """Language-model loss on the gold answer; F1/EM of greedy generations (SQuAD, DROP).
+
+    Training and evaluation sequences get ``max_length - max_new_tokens`` tokens, so the answer
+    always fits (MeZO run.py).
+    """
+
+    metric = "f1"
+    metrics = ("f1", "em")
+
+    def __init__(self, max_new_tokens: int = 50) -> None:  # MeZO --max_new_tokens 50
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+        self.max_new_tokens = max_new_tokens
+
+    def training_batch(self, examples: Sequence[Example], tokenizer, max_length: int) -> ScoringBatch:
+        return encode_examples([gold_only(ex) for ex in examples], tokenizer, max_length - self.max_new_tokens)
+
+    def loss(self, model, batch: ScoringBatch) -> torch.Tensor:
+        return gold_lm_loss(model, batch)
+
+    def generate(self, model, tokenizer, examples: Sequence[Example], batch_size: int, max_length: int,
+                 device) -> list[str]:
+        """Greedy answers, in the order of ``examples``."""
+        order = sorted(range(len(examples)), key=lambda i: len(examples[i].prompt))
+        answers: list[str] = [""] * len(examples)
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            texts = greedy_decode(model, tokenizer, [examples[i].prompt for i in rows], max_length,
+                                  self.max_new_tokens, device)
+            for i, text in zip(rows, texts):
+                answers[i] = text
+        return answers
+
+    @torch.inference_mode()
+    def evaluate(self, model, tokenizer, examples: Sequence[Example], batch_size: int, max_length: int,
+                 device) -> dict:
+        loss = _gold_token_nll(model, tokenizer, examples, batch_size, max_length - self.max_new_tokens, device)
+        generated = self.generate(model, tokenizer, examples, batch_size, max_length, device)
+        f1 = sum(f1_score(text, ex.answers) for text, ex in zip(generated, examples)) / len(examples)
+        em = sum(exact_match(text, ex.answers) for text, ex in zip(generated, examples)) / len(examples)
+        return {"loss": loss, "f1": f1, "em": em, "n": len(examples)}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(max_new_tokens={self.max_new_tokens})"
