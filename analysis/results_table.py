@@ -6,6 +6,9 @@
 One row per configuration (task, model, optimizer, peft, budget, lr, eps); accuracies are in
 percent, as the papers report them. Only finished runs enter the aggregate; the others are
 counted in the ``failed`` column so a broken sweep cannot look complete.
+
+This table lists every configuration; for the dev-selected paper-style tables, figures and
+reports use ``python -m analysis.build RUNS OUT`` (``make tables``).
 """
 
 from __future__ import annotations

@@ -49,6 +49,10 @@ def unknown_group_option(argv: list[str]) -> str | None:
         return None
     for override in overrides:
         group_dirs = [d / override.key_or_group for d in search_dirs if (d / override.key_or_group).is_dir()]
+        # hydra/* groups also hold plugin configs (hydra/launcher=submitit_slurm) that live in Hydra's
+        # ConfigStore, not in our directories: Hydra checks those itself
+        if override.key_or_group.startswith("hydra/"):
+            continue
         if not group_dirs or override.is_delete() or override.value() is None:
             continue
         available = sorted({p.stem for d in group_dirs for p in d.glob("*.yaml")})
@@ -65,9 +69,8 @@ def hydra_app(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     output_dir = Path(hydra_cfg.runtime.output_dir)
     try:
-        from curvzo.job import (
-            run_job,  # heavy imports after Hydra has parsed the command line
-        )
+        # heavy imports after Hydra has parsed the command line
+        from curvzo.job import run_job
 
         summary = run_job(cfg, output_dir)
     except CurvzoError as err:

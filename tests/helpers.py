@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import hydra.utils
@@ -93,3 +94,21 @@ def write_hub_repo(root: Path, config: str | None, splits: dict[str, list[dict]]
 def write_jsonl(path: Path, records: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(record) + "\n" for record in records))
+
+
+def split_command(command: str) -> tuple[str, str, list[str]]:
+    """(config dir, config name, overrides) of a `curvzo-run ...` command line, as Hydra's compose API takes them."""
+    args = shlex.split(command)
+    assert args.pop(0) == "curvzo-run", command
+    conf = str(REPO_ROOT / "conf")
+    config_dir, config_name, overrides = conf, "config", []
+    while args:
+        arg = args.pop(0)
+        if arg == "-cd":  # --config-dir: the primary config comes from there, the groups from conf/
+            config_dir = str(REPO_ROOT / args.pop(0))
+            overrides.append(f"hydra.searchpath=[file://{conf}]")
+        elif arg == "-cn":
+            config_name = args.pop(0)
+        elif arg != "-m":
+            overrides.append(arg)
+    return config_dir, config_name, overrides

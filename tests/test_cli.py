@@ -228,3 +228,11 @@ def test_forward_pass_budget_is_never_overrun_by_a_projection_step(tmp_path, sha
     rows = read_jsonl(out / "metrics.jsonl")
     assert [r["zo/forward_passes"] for r in rows if "train/loss" in r] == [2, 10, 12]
     assert rows[-1]["step"] == 3 and "eval/dev_acc" in rows[-1]  # evaluated where the budget ended
+
+
+def test_plugin_configs_of_hydra_groups_are_left_to_hydra():
+    from curvzo.run import unknown_group_option
+
+    # conf/hydra/launcher/ holds only our launchers; the plugin's own live in Hydra's ConfigStore
+    assert unknown_group_option(["-m", "hydra/launcher=submitit_slurm"]) is None
+    assert unknown_group_option(["hydra/launcher=curvzo_slurm", "task=nope"]).startswith("task=nope: no such option")

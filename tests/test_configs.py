@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
-
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -15,7 +13,7 @@ from curvzo.errors import ConfigError
 from curvzo.job import optimizer_kwargs, validate_config
 from curvzo.run import CONFIG_DIR
 from curvzo.utils.instantiate import instantiate
-from tests.helpers import REPO_ROOT
+from tests.helpers import REPO_ROOT, split_command
 
 GROUPS = ("model", "task", "optimizer", "peft", "budget", "logger", "paths", "experiment")
 
@@ -121,17 +119,7 @@ def launch_commands() -> list[tuple[str, str]]:
 
 @pytest.mark.parametrize("where,command", launch_commands())
 def test_every_documented_launch_command_composes_and_validates(where, command):
-    args = shlex.split(command)[1:]
-    config_dir, config_name, overrides = CONFIG_DIR, "config", []
-    while args:
-        arg = args.pop(0)
-        if arg == "-cd":  # --config-dir: the primary config comes from there, the groups from conf/
-            config_dir = str(REPO_ROOT / args.pop(0))
-            overrides.append(f"hydra.searchpath=[file://{CONFIG_DIR}]")
-        elif arg == "-cn":
-            config_name = args.pop(0)
-        elif arg != "-m":
-            overrides.append(arg)
+    config_dir, config_name, overrides = split_command(command)
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=config_dir, version_base="1.3"):
         cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
