@@ -143,4 +143,5 @@ def test_existing_tasks_keep_candidate_classification():
 def test_max_new_tokens_is_configurable_and_checked():
     assert load_task("squad", max_new_tokens=8).objective.max_new_tokens == 8
     with pytest.raises(ConfigError, match="task drop: max_new_tokens must be a positive integer, got 0"):
-        DROP("drop", "ucinlp/drop", None, "train", "validation", "drop", max_new_tokens=0)
+        DROP("drop", hub_id="ucinlp/drop", hub_config=None, hub_train_split="train", hub_test_split="validation",
+             local_subdir="drop", max_new_tokens=0)
