@@ -392,9 +392,9 @@ def test_make_target_prints_its_sweep_and_analysis(target, scale):
 
 def test_make_defaults_to_smoke_and_passes_data_dir_and_args():
     assert make_dry_run("table1") == make_dry_run("table1", "SCALE=smoke")
-    lines = make_dry_run("figure3", "SCALE=local", "DATA_DIR=/data", "RUNS=/tmp/r", "ARGS=seed=0,1")
-    assert lines == [".venv/bin/curvzo-run -cd sweeps -cn figure3-local hydra.sweep.dir=/tmp/r/figure3-local "
-                     "paths.data_dir=/data seed=0,1", ".venv/bin/python -m analysis.build /tmp/r /tmp/r/analysis"]
+    lines = make_dry_run("figure3", "SCALE=local", "DATA_DIR=my/data", "RUNS=out/r", "ARGS=seed=0,1")
+    assert lines == [".venv/bin/curvzo-run -cd sweeps -cn figure3-local hydra.sweep.dir=out/r/figure3-local "
+                     "paths.data_dir=my/data seed=0,1", ".venv/bin/python -m analysis.build out/r out/r/analysis"]
 
 
 @pytest.mark.parametrize("target", TARGETS)

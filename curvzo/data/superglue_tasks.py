@@ -20,6 +20,7 @@ The official files differ from the hub as described in ``shared/data/README.md``
 
 from __future__ import annotations
 
+import abc
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -56,12 +57,20 @@ class _SuperGLUETask(OfficialTask):
         )
         return Pools(train, test, f"local {self.local_subdir} (train.jsonl, val.jsonl)")
 
+    @abc.abstractmethod
     def rows_from_local(self, record: dict[str, Any], where: str) -> list[dict[str, Any]]:
         """The normalised rows of one official jsonl record (several for MultiRC and ReCoRD)."""
+
+
+class _OneRowPerLine(_SuperGLUETask):
+    """A SuperGLUE task whose official jsonl lines are its rows (WSC, WiC, COPA)."""
+
+    def rows_from_local(self, record: dict[str, Any], where: str) -> list[dict[str, Any]]:
         return [self.normalise_local(record, where)]
 
+    @abc.abstractmethod
     def normalise_local(self, record: dict[str, Any], where: str) -> dict[str, Any]:
-        raise NotImplementedError
+        """Check one official record and keep the fields the template uses, in the hub's schema."""
 
 
 # --------------------------------------------------------------------------------------- WSC
@@ -89,7 +98,7 @@ def wsc_fixed_span(text: str, span: str, index: int, where: str, key: str) -> st
     return span.rstrip(".").replace("\n", " ")
 
 
-class WSC(_SuperGLUETask):
+class WSC(_OneRowPerLine):
     """SuperGLUE WSC (hub ``wsc.fixed``): False → ``No``, True → ``Yes``.
 
     With the MeZO defaults its 554-example train pool gives 54 train / 500 dev examples
@@ -121,7 +130,7 @@ class WSC(_SuperGLUETask):
 
 # --------------------------------------------------------------------------------------- WiC
 
-class WiC(_SuperGLUETask):
+class WiC(_OneRowPerLine):
     """SuperGLUE Words in Context: False → ``No``, True → ``Yes``."""
 
     OPTIONS = YES_NO
@@ -191,7 +200,7 @@ def copa_choice(choice: str) -> str:
     return " ".join(words)
 
 
-class COPA(_SuperGLUETask):
+class COPA(_OneRowPerLine):
     """SuperGLUE COPA as MeZO's ``CopaTemplate``: prompt ``{P} so`` (effect) or ``{P} because``
     (cause), P = premise right-stripped with one final ``.`` removed; options `` {choice}`` with the
     choice's first word lower-cased unless it is ``I``; gold = choice{label+1}.
