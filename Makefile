@@ -43,6 +43,17 @@ table: install ## Tabulate every summary.json under RUNS (default multirun/): me
 tables: install ## Dev-selected tables, figures, missing runs, speed-up, memory: RUNS -> OUT (default RUNS/analysis)
 	$(BIN)/python -m analysis.build $(RUNS) $(OUT)
 
+# The benchmark (curvzo/bench): forward vs step time, peak memory vs inference, a reference MeZO step.
+# Add ARGS="--methods reference,mezo,curvzo" or config overrides ("ARGS=model.dtype=bfloat16").
+BENCH_DATA_DIR ?= ../shared/data
+bench: OUT = outputs/bench
+bench: install ## Speed and memory of every ZO step (SmolLM2-135M, SST-2, batch 16): OUT/bench.{json,md} (OUT default outputs/bench)
+	$(BIN)/python -m curvzo.bench --out $(OUT) --data-dir $(BENCH_DATA_DIR) $(ARGS)
+
+bench-quick: OUT = outputs/bench-quick
+bench-quick: install ## The benchmark's harness on tiny-opt (reference, MeZO), well under a minute: OUT/bench.{json,md}
+	$(BIN)/python -m curvzo.bench --out $(OUT) --data-dir $(BENCH_DATA_DIR) --model tiny-opt --methods reference,mezo --repeats 3 --steps 3 $(ARGS)
+
 # Paper experiments (experiments/ + sweeps/), e.g. `make table1 SCALE=local`: each target runs every
 # sweeps/<target>-<SCALE>[-*].yaml into RUNS/<sweep>, then analysis.build RUNS -> OUT. SCALE: smoke (tiny-opt, minutes),
 # local (SmolLM2-135M on 2 CPU cores, hours), paper (OPT on a GPU cluster through SLURM: `make -j8 table1 SCALE=paper
@@ -89,4 +100,4 @@ clean: ## Remove run outputs (outputs/, multirun/), caches of Python and pytest
 	rm -rf outputs multirun .pytest_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-.PHONY: help install run test test-fast table tables clean table1 table1_lora figure3 ablation memory
+.PHONY: help install run test test-fast table tables bench bench-quick clean table1 table1_lora figure3 ablation memory

@@ -3,8 +3,8 @@
     python -m analysis.results_table multirun/            # print the table
     python -m analysis.results_table multirun/ --csv results.csv --runs-csv runs.csv
 
-One row per configuration (task, model, optimizer, peft, budget, lr, eps); accuracies are in
-percent, as the papers report them. Only finished runs enter the aggregate; the others are
+One row per configuration (task, model, optimizer, peft, budget, lr, eps); scores are the
+task's metric (``metric``: acc, or f1 for SQuAD/DROP) in percent, as the papers report them. Only finished runs enter the aggregate; the others are
 counted in the ``failed`` column so a broken sweep cannot look complete.
 
 This table lists every configuration; for the dev-selected paper-style tables, figures and
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-CONFIG_COLUMNS = ["task", "model", "optimizer", "peft", "budget", "lr", "eps"]
+CONFIG_COLUMNS = ["task", "metric", "model", "optimizer", "peft", "budget", "lr", "eps"]
 
 
 def load_runs(root: str | Path) -> pd.DataFrame:
@@ -31,13 +31,15 @@ def load_runs(root: str | Path) -> pd.DataFrame:
             summary = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as err:
             raise SystemExit(f"error: {path}: not valid JSON ({err.msg}, line {err.lineno})") from None
+        metric = summary.get("metric", "acc")  # summaries before the generation tasks had accuracy only
         rows.append({
             **{key: summary.get(key) for key in CONFIG_COLUMNS},
+            "metric": metric,
             "seed": summary.get("seed"),
             "status": summary.get("status"),
-            "zero_shot_acc": _percent(summary.get("zero_shot", {}).get("test_acc")),
-            "test_acc": _percent(summary.get("test_at_best_dev", {}).get("test_acc")),
-            "best_dev_acc": _percent(summary.get("best", {}).get("dev_acc")),
+            "zero_shot": _percent(summary.get("zero_shot", {}).get(f"test_{metric}")),
+            "test": _percent(summary.get("test_at_best_dev", {}).get(f"test_{metric}")),
+            "best_dev": _percent(summary.get("best", {}).get(f"dev_{metric}")),
             "selected_step": summary.get("best", {}).get("step"),
             "steps": summary.get("steps"),
             "forward_passes": summary.get("forward_passes"),
@@ -72,10 +74,10 @@ def _summarise(group: pd.DataFrame) -> pd.Series:
     return pd.Series({
         "seeds": len(done),
         "failed": int((~group["finished"]).sum()),
-        "zero_shot_acc": done["zero_shot_acc"].mean(),
-        "test_acc": done["test_acc"].mean(),
-        "test_acc_std": done["test_acc"].std(ddof=1) if len(done) > 1 else float("nan"),
-        "best_dev_acc": done["best_dev_acc"].mean(),
+        "zero_shot": done["zero_shot"].mean(),
+        "test": done["test"].mean(),
+        "test_std": done["test"].std(ddof=1) if len(done) > 1 else float("nan"),
+        "best_dev": done["best_dev"].mean(),
         "forward_passes": done["forward_passes"].mean(),
         "sec_per_step": done["sec_per_step"].mean(),
         "sec_per_forward": done["sec_per_forward"].mean(),

@@ -28,8 +28,12 @@ from analysis.collect import knob_columns
 SELECT_KEYS = ["task", "model", "optimizer", "peft", "budget"]
 # Column order of the tables: the MeZO paper's task order, then any other task alphabetically.
 TASK_ORDER = ["sst2", "rte", "cb", "boolq", "wsc", "wic", "multirc", "copa", "record", "squad", "drop"]
-METHOD_ORDER = ["fo_adam", "mezo", "sparse_mezo", "zo_sgd_momentum", "zo_adam", "hizoo", "dizo", "loren",
+METHOD_ORDER = ["none", "fo_adam", "mezo", "sparse_mezo", "zo_sgd_momentum", "zo_adam", "hizoo", "dizo", "loren",
                 "curvzo_uniform", "curvzo_fixed", "curvzo"]
+# Row labels that differ from the optimizer's config name.
+ROW_LABELS = {"none": "zero-shot"}
+# The row made from every run's step-0 evaluation when the slice has no zero-shot (optimizer=none) run.
+STEP0 = "step 0 (no training)"
 DAGGER = "†"
 MISSING = "—"
 
@@ -136,7 +140,8 @@ def build_table(selection: pd.DataFrame, expected_seeds: int | None = None, titl
     ``expected_seeds`` defaults to the largest seed count of any cell; cells below it get a ``†``.
     The average column covers only the tasks every method has, and is labelled with their number;
     it is left out when fewer than two tasks are common to all methods. The best mean of each
-    column (compared as displayed, to one decimal) is bold; ties are all bold.
+    column (compared as displayed, to one decimal) is bold; ties are all bold. Without a zero-shot
+    run, a first row shows the step-0 scores (:func:`_add_step0_row`); it is never bold.
     """
     sel = selection[selection["n"] > 0]
     tasks = ordered(sel["task"], TASK_ORDER)
@@ -149,7 +154,7 @@ def build_table(selection: pd.DataFrame, expected_seeds: int | None = None, titl
         parts = [f"{'budget ' if k == 'budget' else ''}{sel[k].iat[0]}"
                  for k in ("model", "peft", "budget") if sel[k].nunique() == 1]
         title = ", ".join(parts)
-    table = Table(title=title, rows=methods, columns=[columns[t] for t in tasks], selection=sel)
+    table = Table(title=title, rows=list(methods), columns=[columns[t] for t in tasks], selection=sel)
     means: dict[tuple[str, str], float] = {}
     for _, r in sel.iterrows():
         cell = (r["optimizer"], columns[r["task"]])
@@ -157,11 +162,13 @@ def build_table(selection: pd.DataFrame, expected_seeds: int | None = None, titl
         means[cell] = r["test_mean"]
         if r["n"] < expected:
             table.flagged.add(cell)
+    if "none" not in methods:
+        _add_step0_row(table, sel, columns, means)
     common = [t for t in tasks if all((m, columns[t]) in means for m in methods)]
     if len(common) >= 2:
         avg = f"avg ({len(common)} tasks)"
         table.columns.append(avg)
-        for m in methods:
+        for m in [r for r in table.rows if all((r, columns[t]) in means for t in common)]:
             means[(m, avg)] = sum(means[(m, columns[t])] for t in common) / len(common)
             table.cells[(m, avg)] = f"{100 * means[(m, avg)]:.1f}"
         table.notes.append(f"{avg}: mean of the test means over the tasks every method has ({', '.join(common)}).")
@@ -182,10 +189,29 @@ def build_table(selection: pd.DataFrame, expected_seeds: int | None = None, titl
     return table
 
 
+def _add_step0_row(table: Table, sel: pd.DataFrame, columns: dict[str, str], means: dict) -> None:
+    """A first row with each task's step-0 test score (every run evaluates before training), so the
+    gain over the untrained model is visible without a separate zero-shot sweep. It has no ± (the
+    test set depends on data_seed only) and, for prefix tuning, it includes the initial prefix."""
+    step0 = sel.dropna(subset=["zero_shot_mean"]).groupby("task")["zero_shot_mean"].mean()
+    if step0.empty:
+        return
+    table.rows.insert(0, STEP0)
+    for task, value in step0.items():
+        means[(STEP0, columns[task])] = value
+        table.cells[(STEP0, columns[task])] = f"{100 * value:.1f}"
+    table.notes.append(f"{STEP0}: test score of the runs' evaluation before their first step (the untrained model).")
+
+
+def row_label(method: str) -> str:
+    """The label of a table row: the optimizer's config name, or its ROW_LABELS entry."""
+    return ROW_LABELS.get(method, method)
+
+
 def _cells(table: Table, bold: tuple[str, str], dagger: str) -> list[list[str]]:
     rows = []
     for method in table.rows:
-        line = [method]
+        line = [row_label(method)]
         for column in table.columns:
             text = table.cells.get((method, column), MISSING)
             if (method, column) in table.bold:
@@ -248,7 +274,7 @@ def to_latex(table: Table) -> str:
     """
     rows = []
     for method in table.rows:
-        cells = [latex_escape(method)]
+        cells = [latex_escape(row_label(method))]
         for column in table.columns:
             text = latex_escape(table.cells.get((method, column), MISSING))
             if (method, column) in table.bold:

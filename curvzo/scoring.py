@@ -126,7 +126,11 @@ def option_token_logprobs(model, batch: ScoringBatch) -> torch.Tensor:
 
 def candidate_scores(model, batch: ScoringBatch) -> torch.Tensor:
     """[E, max_options] mean option-token log-probabilities; missing options are -inf."""
-    token_logprob = option_token_logprobs(model, batch)
+    return scores_from_token_logprobs(option_token_logprobs(model, batch), batch)
+
+
+def scores_from_token_logprobs(token_logprob: torch.Tensor, batch: ScoringBatch) -> torch.Tensor:
+    """[E, max_options]: the mean of each candidate's option-token log-probabilities (-inf if absent)."""
     num_examples = batch.labels.numel()
     flat = num_examples * batch.max_options
     sums = torch.zeros(flat, dtype=torch.float32, device=token_logprob.device).index_add_(0, batch.token_cand, token_logprob)

@@ -10,14 +10,14 @@ import pytest
 from analysis.results_table import aggregate, load_runs, main
 
 
-def write_summary(root, name, *, optimizer, lr, seed, test_acc, status="finished"):
+def write_summary(root, name, *, optimizer, lr, seed, test_acc, status="finished", **extra):
     run = root / name
     run.mkdir(parents=True)
     summary = {"task": "sst2", "model": "opt-125m", "optimizer": optimizer, "peft": "full", "budget": "mezo",
                "lr": lr, "eps": 1e-3, "seed": seed, "status": status, "steps": 10, "forward_passes": 20,
                "zero_shot": {"test_acc": 0.5}, "best": {"step": 5, "dev_acc": 0.6},
                "test_at_best_dev": {"test_acc": test_acc}, "sec_per_step": 0.5, "wall_time_s": 9.0,
-               "forward_passes_per_step": 2, "peak_mem_gb": 1.5, "optimizer_info": {"state_bytes": 2**21}}
+               "forward_passes_per_step": 2, "peak_mem_gb": 1.5, "optimizer_info": {"state_bytes": 2**21}, **extra}
     (run / "summary.json").write_text(json.dumps(summary))
 
 
@@ -30,18 +30,26 @@ def test_seeds_are_averaged_and_failures_counted(tmp_path):
     assert len(runs) == 4
     table = aggregate(runs).set_index("lr")
     assert table.loc[1e-6, "seeds"] == 2 and table.loc[1e-6, "failed"] == 1
-    assert table.loc[1e-6, "test_acc"] == pytest.approx(85.0)
-    assert table.loc[1e-6, "test_acc_std"] == pytest.approx(math.sqrt(50.0))  # sample std of 80, 90
-    assert table.loc[1e-7, "test_acc"] == pytest.approx(70.0) and math.isnan(table.loc[1e-7, "test_acc_std"])
-    assert table.loc[1e-6, "zero_shot_acc"] == pytest.approx(50.0)
+    assert table.loc[1e-6, "test"] == pytest.approx(85.0) and table.loc[1e-6, "metric"] == "acc"
+    assert table.loc[1e-6, "test_std"] == pytest.approx(math.sqrt(50.0))  # sample std of 80, 90
+    assert table.loc[1e-7, "test"] == pytest.approx(70.0) and math.isnan(table.loc[1e-7, "test_std"])
+    assert table.loc[1e-6, "zero_shot"] == pytest.approx(50.0)
     # cost columns for equal-budget comparisons: time per forward pass, peak memory, optimizer state
     assert table.loc[1e-6, ["sec_per_forward", "peak_mem_gb", "state_mb"]].tolist() == [0.25, 1.5, 2.0]
+
+
+def test_generation_runs_are_read_by_their_metric(tmp_path):
+    write_summary(tmp_path, "0", optimizer="mezo", lr=1e-6, seed=0, test_acc=None, metric="f1", task="squad",
+                  zero_shot={"test_f1": 0.25}, best={"step": 5, "dev_f1": 0.4}, test_at_best_dev={"test_f1": 0.35})
+    row = aggregate(load_runs(tmp_path)).iloc[0]
+    assert (row["task"], row["metric"]) == ("squad", "f1")
+    assert [row["zero_shot"], row["best_dev"], row["test"]] == pytest.approx([25.0, 40.0, 35.0])
 
 
 def test_cli_writes_csv_and_refuses_an_empty_directory(tmp_path, capsys):
     write_summary(tmp_path / "runs", "0", optimizer="mezo", lr=1e-6, seed=0, test_acc=0.8)
     assert main([str(tmp_path / "runs"), "--csv", str(tmp_path / "t.csv")]) == 0
-    assert "80.0" in capsys.readouterr().out and (tmp_path / "t.csv").read_text().startswith("task,model")
+    assert "80.0" in capsys.readouterr().out and (tmp_path / "t.csv").read_text().startswith("task,metric,model")
     (tmp_path / "empty").mkdir()
     assert main([str(tmp_path / "empty")]) == 2
     assert capsys.readouterr().err.strip() == f"error: no summary.json below {tmp_path / 'empty'}"

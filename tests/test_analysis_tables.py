@@ -16,9 +16,30 @@ import pandas as pd
 import pytest
 import yaml
 
-from analysis.collect import CORE_COLUMNS, CollectError, collect_runs, collect_wandb, load_curves, run_row, tidy
-from analysis.missing import grid_from_multirun, missing_report, missing_runs, parse_overrides
-from analysis.tables import build_table, cell_text, select_on_dev, to_csv, to_latex, to_markdown
+from analysis.collect import (
+    CORE_COLUMNS,
+    CollectError,
+    collect_runs,
+    collect_wandb,
+    load_curves,
+    run_row,
+    tidy,
+)
+from analysis.missing import (
+    grid_from_multirun,
+    missing_report,
+    missing_runs,
+    parse_overrides,
+)
+from analysis.tables import (
+    STEP0,
+    build_table,
+    cell_text,
+    select_on_dev,
+    to_csv,
+    to_latex,
+    to_markdown,
+)
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 RUNS_DIR = FIXTURES / "analysis_runs"
@@ -119,6 +140,24 @@ def test_mean_std_count_ties_and_bold_on_hand_numbers():
     assert table.bold == {("mezo", "sst2")}
     assert table.flagged == {("mezo", "sst2")}  # 2 seeds where curvzo has 3 (the default expectation)
     assert "| mezo | **85.0 ± 7.1**† |" in to_markdown(table)
+
+
+def test_zero_shot_run_is_a_labelled_row_and_step0_row_only_without_it():
+    base = [_row(seed=0, dev=0.7, test=0.8, zero_shot={"test_acc": 0.52}),
+            _row(optimizer="curvzo", seed=0, dev=0.6, test=0.9, zero_shot={"test_acc": 0.52}),
+            _row(task="rte", seed=0, dev=0.6, test=0.6, zero_shot={"test_acc": 0.47}),
+            _row(task="rte", optimizer="curvzo", seed=0, dev=0.6, test=0.4, zero_shot={"test_acc": 0.47})]
+    table = build_table(select_on_dev(tidy(base)))
+    assert table.rows[0] == STEP0 and table.cells[(STEP0, "sst2")] == "52.0" and table.cells[(STEP0, "rte")] == "47.0"
+    assert table.cells[(STEP0, "avg (2 tasks)")] == "49.5"
+    # a reference row is never bold, even where it beats every method (rte: 47 > 40 is not, 60 is best)
+    assert (STEP0, "rte") not in table.bold and ("mezo", "rte") in table.bold
+    text = to_markdown(table)
+    assert f"| {STEP0} | 52.0 | 47.0 | 49.5 |" in text
+    zero_shot = [_row(optimizer="none", seed=0, dev=0.55, test=0.52, lr=None, eps=None, zero_shot={"test_acc": 0.52})]
+    table = build_table(select_on_dev(tidy(base[:2] + zero_shot)))
+    assert table.rows == ["none", "mezo", "curvzo"] and STEP0 not in table.rows
+    assert "| zero-shot | 52.0 |" in to_markdown(table) and "zero-shot" in to_latex(table)
 
 
 def test_golden_markdown_table(runs):

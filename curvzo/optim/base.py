@@ -9,7 +9,7 @@ once, optimizers.md notation). Per step the optimizer records what replays the t
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +19,11 @@ from curvzo.errors import ConfigError
 from curvzo.optim.directions import DirectionSampler, mix64
 
 _STEP_STREAM = 1  # sub-stream tag of the per-step seeds; data order and samplers use other tags
+
+
+def step_seed(run_seed: int, step: int) -> int:
+    """s_t: a pure function of (run seed, step), so any step can be regenerated or resumed."""
+    return mix64(run_seed, _STEP_STREAM, step)
 
 
 @dataclass(frozen=True)
@@ -121,22 +126,29 @@ class ZerothOrderOptimizer(torch.optim.Optimizer):
         return self.forward_passes_per_step
 
     def step_seed(self, step: int) -> int:
-        """s_t: a pure function of (run seed, step), so any step can be regenerated or resumed."""
-        return mix64(self.seed, _STEP_STREAM, step)
+        """s_t of this run (:func:`step_seed`)."""
+        return step_seed(self.seed, step)
+
+    def direction_chunks(self, block: Block, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(view of θ_b, float32 chunk of z_b) pairs; methods with masked directions override this."""
+        return self.directions.chunks(block.param, seed, block.index)
 
     def shift(self, seed: int, scale: float, blocks: list[Block] | None = None) -> None:
         """theta_b += scale * z_b for the given blocks (all by default), in place."""
         for block in self.blocks if blocks is None else blocks:
-            self.directions.add_(block.param, seed, block.index, scale)
+            for view, z in self.direction_chunks(block, seed):
+                view.add_(z, alpha=scale)
 
     def two_point_probe(self, closure: Callable[[], torch.Tensor], seed: int, eps: float,
-                        blocks: list[Block] | None = None) -> tuple[float, float]:
-        """L(θ+εz) and L(θ−εz) along z(seed), with θ restored afterwards (+ε, −2ε, +ε in place)."""
+                        blocks: list[Block] | None = None, *, restore: bool = True) -> tuple[float, float]:
+        """L(θ+εz) and L(θ−εz) along z(seed), in place (+ε, −2ε). With ``restore`` θ is shifted
+        back (+ε); without it θ is left at θ−εz for :meth:`restore_and_update` to finish."""
         self.shift(seed, +eps, blocks)
         loss_plus = self.probe(closure)
         self.shift(seed, -2 * eps, blocks)
         loss_minus = self.probe(closure)
-        self.shift(seed, +eps, blocks)
+        if restore:
+            self.shift(seed, +eps, blocks)
         return loss_plus, loss_minus
 
     def probe(self, closure: Callable[[], torch.Tensor]) -> float:
@@ -152,7 +164,20 @@ class ZerothOrderOptimizer(torch.optim.Optimizer):
             lr, wd = block.group["lr"], block.group["weight_decay"]
             if wd:
                 block.param.data.mul_(1.0 - lr * wd)
-            self.directions.add_(block.param, seed, block.index, -lr * coefficient)
+            for view, z in self.direction_chunks(block, seed):
+                view.add_(z, alpha=-lr * coefficient)
+
+    def restore_and_update(self, seed: int, eps: float, coefficient: float, blocks: list[Block] | None = None) -> None:
+        """``shift(seed, +eps)`` then ``apply_update(seed, coefficient)`` with one regeneration of z
+        instead of two. Each element sees the same operations in the same order (restore, decay,
+        update), so the weights are bit-identical to the two calls: a step draws z three times, not four."""
+        for block in self.blocks if blocks is None else blocks:
+            lr, wd = block.group["lr"], block.group["weight_decay"]
+            for view, z in self.direction_chunks(block, seed):
+                view.add_(z, alpha=eps)
+                if wd:
+                    view.mul_(1.0 - lr * wd)
+                view.add_(z, alpha=-lr * coefficient)
 
     def record(self, **entry: Any) -> None:
         """Append one step's replay record (step, seed, scalars, lrs) to the trajectory."""
@@ -222,24 +247,31 @@ class PseudoGradientOptimizer(ZerothOrderOptimizer):
     """MeZO's two-point probe feeding a stateful per-tensor rule (ZO_STATEFUL_STEP, optimizers.md §6).
 
     Subclasses set ``self.eps`` and define ``update_block(block, seed, projected_grad)``, which
-    regenerates z_b chunk by chunk, so the pseudo-gradient g·z_b exists one chunk at a time.
+    regenerates z_b chunk by chunk, so the pseudo-gradient g·z_b exists one chunk at a time. The
+    probe leaves θ at θ−εz; each chunk is first restored and decayed (:meth:`restore_chunk`), so a
+    step draws z three times and its weights are bit-identical to restoring everything first.
     """
 
     update_block: Callable[[Block, int, float], None]  # defined by each subclass (ZOSGDMomentum, ZOAdam)
+
+    def restore_chunk(self, view: torch.Tensor, z: torch.Tensor, block: Block) -> None:
+        """θ += εz (the probe's restore), then the decoupled decay, on one chunk before its update."""
+        view.add_(z, alpha=self.eps)
+        lr, wd = block.group["lr"], block.group["weight_decay"]
+        if wd:
+            view.mul_(1.0 - lr * wd)  # decoupled, as in our MeZO
 
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor]) -> float:  # type: ignore[override]
         """One step (two forward passes); returns the mean probe loss, NaN when the step was skipped."""
         step, seed = self.begin_step(closure)
-        loss_plus, loss_minus = self.two_point_probe(closure, seed, self.eps)
+        loss_plus, loss_minus = self.two_point_probe(closure, seed, self.eps, restore=False)
         if not (math.isfinite(loss_plus) and math.isfinite(loss_minus)):
+            self.shift(seed, +self.eps)  # restore only
             self.skip(step, seed, (loss_plus, loss_minus))
             return float("nan")
         projected_grad = (loss_plus - loss_minus) / (2 * self.eps)
         for block in self.blocks:
-            lr, wd = block.group["lr"], block.group["weight_decay"]
-            if wd:
-                block.param.data.mul_(1.0 - lr * wd)  # decoupled, as in our MeZO
             self.update_block(block, seed, projected_grad)
         loss = (loss_plus + loss_minus) / 2
         self.record(step=step, seed=seed, projected_grad=projected_grad, lr=self.lrs(), losses=[loss_plus, loss_minus])

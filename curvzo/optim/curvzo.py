@@ -155,10 +155,8 @@ class CurvZO(ZerothOrderOptimizer):
         loss_plus = self.probe(closure)
         self.shift(seed, -2 * eps, blocks)
         loss_minus = self.probe(closure)
-        finite = math.isfinite(loss_plus) and math.isfinite(loss_minus)
-        if not (finite and self.fuse_restore_update):
-            self.shift(seed, +eps, blocks)
-        if not finite:  # theta restored; S, f and G untouched
+        if not (math.isfinite(loss_plus) and math.isfinite(loss_minus)):
+            self.shift(seed, +eps, blocks)  # theta restored; S, f and G untouched
             self.skip(step, seed, (loss_plus, loss_minus))
             return float("nan")
 
@@ -180,9 +178,12 @@ class CurvZO(ZerothOrderOptimizer):
         return loss
 
     def _update_block(self, block, seed: int, coefficient: float) -> None:
-        """theta_b -= lr (coefficient z_b + wd theta_b); fused with the restore when asked."""
+        """Restore theta_b (+eps z_b), then theta_b -= lr (coefficient z_b + wd theta_b), in one draw of z_b.
+
+        By default bit-identical to restoring and updating apart (:meth:`restore_and_update`); with
+        ``fuse_restore_update`` the two adds become one, as in the port (other rounding)."""
         if not self.fuse_restore_update:
-            self.apply_update(seed, coefficient, [block])
+            self.restore_and_update(seed, self.eps, coefficient, [block])
             return
         lr, wd = block.group["lr"], block.group["weight_decay"]
         keep = 1.0 - lr * wd

@@ -18,6 +18,7 @@ import torch
 
 from curvzo.optim.base import (
     STATE_DTYPES,
+    Block,
     ZerothOrderOptimizer,
     check_choice,
     check_fraction,
@@ -88,6 +89,31 @@ class HiZOO(ZerothOrderOptimizer):
                 z.div_(hessian[span].float().sqrt())
                 flat[span].add_(z, alpha=scale)
 
+    def restore_chunk(self, view: torch.Tensor, z: torch.Tensor, h: torch.Tensor, block: Block) -> None:
+        """θ += ε H^{-1/2} z with the old H (the probe's restore), then the decoupled decay, on one chunk."""
+        view.add_(z / h.float().sqrt(), alpha=self.eps)
+        lr, wd = block.group["lr"], block.group["weight_decay"]
+        if wd:
+            view.mul_(1.0 - lr * wd)
+
+    def update_blocks(self, seed: int, projected_grad: float, curvature: float, alpha: float) -> list[torch.Tensor]:
+        """Restore each chunk, update its H, then step along H_new^{-1/2} z: one draw of z per block,
+        bit-identical to restoring every block first. Returns (sum, min, max) of H per chunk."""
+        summaries = []  # kept on the device: one transfer per step, not per chunk
+        for block in self.blocks:
+            flat = block.param.data.view(-1)
+            hessian = self.state[block.param]["hessian"].view(-1)
+            for span, z in self.directions.spans(block.param, seed, block.index):
+                h = hessian[span]
+                self.restore_chunk(flat[span], z, h, block)
+                # (1−α)H + α·c·H·z² computed in fp32 and stored once (rounded if H is kept in fp16/bf16)
+                updated = h.float() * (1 - alpha) + (alpha * curvature) * h.float() * z.square()
+                h.copy_(updated)
+                z.div_(h.float().sqrt())
+                flat[span].add_(z, alpha=-block.group["lr"] * projected_grad)
+                summaries.append(torch.stack([updated.sum(), updated.min(), updated.max()]).cpu())
+        return summaries
+
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor]) -> float:  # type: ignore[override]
         """One HiZOO step (three forward passes); returns ℓ0, or NaN when the step was skipped."""
@@ -98,29 +124,15 @@ class HiZOO(ZerothOrderOptimizer):
         loss_plus = self.probe(closure)
         self.preconditioned_shift(seed, -2 * eps)
         loss_minus = self.probe(closure)
-        self.preconditioned_shift(seed, +eps)  # restored with the same (old) H
         losses = (loss_center, loss_plus, loss_minus)
         if not all(math.isfinite(x) for x in losses):
+            self.preconditioned_shift(seed, +eps)  # restored with the same (old) H
             self.skip(step, seed, losses)
             return float("nan")
         projected_grad = (loss_plus - loss_minus) / (2 * eps)
         curvature = abs(loss_plus + loss_minus - 2 * loss_center) / (2 * eps * eps)
         alpha = self.smoothing(step)
-        summaries = []  # (sum, min, max) per chunk, kept on the device: one transfer per step, not per chunk
-        for block in self.blocks:
-            lr, wd = block.group["lr"], block.group["weight_decay"]
-            flat = block.param.data.view(-1)
-            hessian = self.state[block.param]["hessian"].view(-1)
-            if wd:
-                flat.mul_(1.0 - lr * wd)
-            for span, z in self.directions.spans(block.param, seed, block.index):
-                h = hessian[span]
-                # (1−α)H + α·c·H·z² computed in fp32 and stored once (rounded if H is kept in fp16/bf16)
-                updated = h.float() * (1 - alpha) + (alpha * curvature) * h.float() * z.square()
-                h.copy_(updated)
-                z.div_(h.float().sqrt())
-                flat[span].add_(z, alpha=-lr * projected_grad)
-                summaries.append(torch.stack([updated.sum(), updated.min(), updated.max()]).cpu())
+        summaries = self.update_blocks(seed, projected_grad, curvature, alpha)
         self.record(step=step, seed=seed, projected_grad=projected_grad, lr=self.lrs(), losses=list(losses),
                     hessian_smooth=alpha)
         self.last_stats = {

@@ -10,7 +10,7 @@ unknown is a switch (mask source, which tensors, keep fraction) with determinist
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -88,28 +88,17 @@ class SparseMeZO(MeZO):
         packed = self.state[block.param].get("mask")
         return None if packed is None else unpack_bits(packed, block.param.numel()).view_as(block.param)
 
-    def _masked_add(self, block: Block, seed: int, alpha: float) -> None:
-        """θ_b += alpha · (m_b ⊙ z_b), one chunk at a time (chunk bounds are multiples of 8)."""
+    def direction_chunks(self, block: Block, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(view of θ_b, m_b ⊙ z_b chunk): the masked direction, one chunk at a time (chunk bounds are
+        multiples of 8, so each chunk's mask bits start on a byte)."""
         packed = self.state[block.param].get("mask")
         if packed is None:
-            self.directions.add_(block.param, seed, block.index, alpha)
+            yield from super().direction_chunks(block, seed)
             return
         flat = block.param.data.view(-1)
         for span, z in self.directions.spans(block.param, seed, block.index):
             bits = unpack_bits(packed[span.start // 8: (span.stop + 7) // 8], span.stop - span.start)
-            z.mul_(bits)
-            flat[span].add_(z, alpha=alpha)
-
-    def shift(self, seed: int, scale: float, blocks: list[Block] | None = None) -> None:
-        for block in self.blocks if blocks is None else blocks:
-            self._masked_add(block, seed, scale)
-
-    def apply_update(self, seed: int, coefficient: float, blocks: list[Block] | None = None) -> None:
-        for block in self.blocks if blocks is None else blocks:
-            lr, wd = block.group["lr"], block.group["weight_decay"]
-            if wd:
-                block.param.data.mul_(1.0 - lr * wd)
-            self._masked_add(block, seed, -lr * coefficient)
+            yield flat[span], z.mul_(bits)
 
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor]) -> float:  # type: ignore[override]

@@ -45,7 +45,7 @@ class ZOAdam(PseudoGradientOptimizer):
             state["exp_avg_sq"] = state_buffer(block.param, self.state_dtype)
 
     def update_block(self, block: Block, seed: int, projected_grad: float) -> None:
-        """Adam with bias correction on the pseudo-gradient g z_b, one chunk at a time."""
+        """θ_b restored and decayed, then Adam with bias correction on the pseudo-gradient g z_b, one chunk at a time."""
         beta1, beta2 = self.betas
         state = self.state[block.param]
         state["step"] += 1
@@ -54,6 +54,7 @@ class ZOAdam(PseudoGradientOptimizer):
         flat = block.param.data.view(-1)
         exp_avg, exp_avg_sq = state["exp_avg"].view(-1), state["exp_avg_sq"].view(-1)
         for span, z in self.directions.spans(block.param, seed, block.index):
+            self.restore_chunk(flat[span], z, block)
             z.mul_(projected_grad)  # z now holds the pseudo-gradient chunk
             m, v = exp_avg[span], exp_avg_sq[span]
             m.mul_(beta1).add_(z, alpha=1 - beta1)

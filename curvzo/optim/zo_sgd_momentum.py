@@ -38,10 +38,11 @@ class ZOSGDMomentum(PseudoGradientOptimizer):
             self.state[block.param]["momentum_buffer"] = state_buffer(block.param, self.state_dtype)
 
     def update_block(self, block: Block, seed: int, projected_grad: float) -> None:
-        """m_b ← β m_b + g z_b;  θ_b ← θ_b − η m_b, one chunk at a time."""
+        """θ_b restored and decayed, then m_b ← β m_b + g z_b;  θ_b ← θ_b − η m_b, one chunk at a time."""
         flat = block.param.data.view(-1)
         buffer = self.state[block.param]["momentum_buffer"].view(-1)
         for span, z in self.directions.spans(block.param, seed, block.index):
+            self.restore_chunk(flat[span], z, block)
             m = buffer[span]
             m.mul_(self.momentum).add_(z, alpha=projected_grad)
             flat[span].add_(m, alpha=-block.group["lr"])

@@ -1,0 +1,91 @@
+"""The speed and memory benchmark: ``make bench`` / ``make bench-quick OUT=<dir>``.
+
+    python -m curvzo.bench --out bench/                         # SmolLM2-135M, SST-2, batch 16, every ZO method
+    python -m curvzo.bench --out /tmp/b --model tiny-opt --methods reference,mezo,curvzo --repeats 2 --steps 2
+
+Every measurement (inference, the reference MeZO step, each optimizer) runs in a fresh process,
+one after another, on the same model and batch (:mod:`curvzo.bench.measure`); the results go to
+``OUT/bench.json`` and ``OUT/bench.md``. A benchmark, not a test: nothing here asserts a speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from curvzo.bench.report import machine_info, to_markdown, with_ratios
+
+# Every forward-only method; fo_adam (backpropagation) is not a ZO step and is left out.
+ZO_METHODS = ("mezo", "curvzo", "curvzo_uniform", "curvzo_fixed", "sparse_mezo", "hizoo", "dizo", "loren",
+              "zo_sgd_momentum", "zo_adam")
+DEFAULT_METHODS = ("reference", *ZO_METHODS)
+
+
+class BenchError(Exception):
+    """A measurement process failed; the message is its last line of output."""
+
+
+def run_measurement(method: str, overrides: list[str], repeats: int, steps: int) -> dict:
+    """Run :func:`curvzo.bench.measure.measure` in a child process and return its JSON."""
+    spec = json.dumps({"method": method, "overrides": overrides, "repeats": repeats, "steps": steps})
+    proc = subprocess.run([sys.executable, "-m", "curvzo.bench.measure", spec], capture_output=True, text=True,
+                          check=False)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise BenchError(f"{method}: {last}")
+    return json.loads(lines[-1])
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m curvzo.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True, help="directory for bench.json and bench.md")
+    parser.add_argument("--model", default="smollm2-135m", help="conf/model/<name>.yaml (default smollm2-135m)")
+    parser.add_argument("--task", default="sst2", help="conf/task/<name>.yaml (default sst2)")
+    parser.add_argument("--batch-size", type=int, default=16, help="training examples per step (default 16, MeZO)")
+    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                        help="comma-separated: reference and/or optimizer config names (default: all ZO methods)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed forward passes (median; default 5)")
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per method (median; default 5)")
+    parser.add_argument("--data-dir", default="../shared/data", help="paths.data_dir (default ../shared/data)")
+    parser.add_argument("overrides", nargs="*", help="further config overrides, e.g. model.dtype=bfloat16")
+    args = parser.parse_args(argv)
+    if args.batch_size < 1 or args.repeats < 1 or args.steps < 1:
+        parser.error("--batch-size, --repeats and --steps must be positive integers")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Measure, then write OUT/bench.json and OUT/bench.md; exit code 2 when a measurement failed
+    (the others are still measured and written, the failures listed)."""
+    args = parse_args(argv)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    overrides = [f"model={args.model}", f"task={args.task}", "peft=full", f"paths.data_dir={args.data_dir}",
+                 f"budget.batch_size={args.batch_size}", *args.overrides]
+    rows, failed = [], []
+    for method in ["inference", *methods]:
+        print(f"measuring {method} ...", file=sys.stderr, flush=True)
+        try:
+            rows.append(run_measurement(method, overrides, args.repeats, args.steps))
+        except BenchError as err:
+            if method == "inference":  # every ratio needs it
+                print(f"error: {err}", file=sys.stderr)
+                return 2
+            failed.append(str(err))
+            print(f"error: {err}", file=sys.stderr)  # the other methods are still measured
+    command = " ".join(["python -m curvzo.bench", *(argv if argv is not None else sys.argv[1:])])
+    result = {"machine": machine_info(), "command": command, "model": args.model, "task": args.task,
+              "batch_size": args.batch_size, "repeats": args.repeats, "steps": args.steps,
+              "overrides": overrides, "rows": with_ratios(rows), "failed": failed}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    (args.out / "bench.md").write_text(to_markdown(result), encoding="utf-8")
+    print(f"wrote {args.out / 'bench.json'} and {args.out / 'bench.md'}", file=sys.stderr)
+    return 2 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

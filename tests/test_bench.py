@@ -1,0 +1,113 @@
+"""The benchmark: its reference step computes what our step computes, and its report's arithmetic.
+
+Speed is never asserted here (this machine is noisy); `make bench` measures it.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from curvzo.bench.__main__ import main as bench_main
+from curvzo.bench.reference import ReferenceMeZO, reference_batch, reference_loss
+from curvzo.bench.report import to_markdown, with_ratios
+from curvzo.example import Example
+from curvzo.objectives import CandidateClassification
+from curvzo.optim.mezo import MeZO
+from tests.helpers import tiny_model
+
+EXAMPLES = [
+    Example("The movie was wonderful. It was", (" terrible", " great"), 1),  # multi-token options
+    Example("Answer:", ("A", "B", "C"), 2),  # single-token options: one shared sequence in our encoding
+    Example("Bad. It was", (" terrible", " great"), 0),
+]
+
+
+@pytest.fixture(params=["tiny-opt", "tiny-llama"])
+def name(request):
+    return request.param
+
+
+def test_reference_loss_equals_ours_with_more_sequences_and_full_logits(name):
+    loaded = tiny_model(name)
+    objective = CandidateClassification()
+    ours = objective.training_batch(EXAMPLES, loaded.tokenizer, 512)
+    ref = reference_batch(EXAMPLES, loaded.tokenizer, 512)
+    assert ref.input_ids.shape[0] == 7 and ours.input_ids.shape[0] == 5  # the 3-option example shares one sequence
+    with torch.inference_mode():
+        torch.testing.assert_close(reference_loss(loaded.model, ref), objective.loss(loaded.model, ours),
+                                   rtol=1e-5, atol=1e-6)
+
+
+def test_reference_step_gives_our_losses_and_update(name):
+    ours_model, ref_model = tiny_model(name).model, tiny_model(name).model  # same seed, same weights
+    loaded = tiny_model(name)
+    objective = CandidateClassification()
+    ours_batch = objective.training_batch(EXAMPLES, loaded.tokenizer, 512)
+    ref_batch = reference_batch(EXAMPLES, loaded.tokenizer, 512)
+    ours = MeZO(ours_model.parameters(), lr=1e-2, eps=1e-3, seed=7)
+    ref = ReferenceMeZO(ref_model.parameters(), lr=1e-2, eps=1e-3, seed=7)
+    before = [p.detach().clone() for p in ours_model.parameters()]
+    for _ in range(3):
+        loss = ours.step(lambda: objective.loss(ours_model, ours_batch))
+        ref_loss = ref.step(lambda: reference_loss(ref_model, ref_batch))
+        assert ref_loss == pytest.approx(loss, rel=1e-5)
+    # the projected gradient divides loss differences by 2ε, so float rounding in the loss reaches the
+    # update amplified: compare the weights' change, which must agree to 0.1% of its size
+    for a, b, start in zip(ours_model.parameters(), ref_model.parameters(), before):
+        change = (a - start).abs().max()
+        assert change > 1e-4  # every tensor took the update: the comparison is not vacuous
+        assert (a - b).abs().max() <= 1e-3 * change
+    assert ours.forward_passes == ref.forward_passes == 6
+
+
+def _row(method, forward_s, peak, step_s=None, passes=None):
+    row = {"method": method, "device": "cpu", "dtype": "float32", "tokens": 100, "forward_s": forward_s,
+           "peak_mem_gb": peak, "peak_mem_kind": "cpu_peak_rss"}
+    if step_s is not None:
+        row.update(step_s=step_s, forward_passes_per_step=passes)
+    return row
+
+
+def test_ratios_and_targets_in_the_report():
+    rows = with_ratios([_row("inference", 0.5, 1.0), _row("reference", 0.6, 1.5, 3.0, 2),
+                        _row("mezo", 0.5, 1.05, 1.2, 2), _row("curvzo", 0.5, 1.2, 1.3, 2)])
+    by = {r["method"]: r for r in rows}
+    assert by["mezo"]["overhead"] == pytest.approx(1.2) and by["mezo"]["speedup_vs_reference"] == pytest.approx(2.5)
+    assert by["mezo"]["memory_ratio"] == pytest.approx(1.05) and by["mezo"]["tokens_per_s"] == pytest.approx(200 / 1.2)
+    assert by["inference"]["tokens_per_s"] == pytest.approx(200)
+    text = to_markdown({"machine": {"cpu": "x", "cores": 2, "torch_threads": 2, "gpu": None, "torch": "t",
+                                    "python": "p"}, "command": "c", "model": "m", "task": "sst2", "batch_size": 16,
+                        "repeats": 1, "steps": 1, "rows": rows})
+    assert "| mezo | 2 | 0.500 | 1.200 | 1.20 | 1.05 | 1.05 | 167 | 2.50 |" in text
+    assert "2.50x faster (goal >= 2.5x): met" in text
+    assert "1.20 (goal <= 1.3 on cpu): met" in text
+    assert "CurvZO step 1.300 s vs MeZO 1.200 s (goal: never slower): **not met**" in text
+
+
+def test_bench_writes_json_and_table(tmp_path, shared_data_dir):
+    out = tmp_path / "bench"
+    code = bench_main(["--out", str(out), "--model", "tiny-opt", "--methods", "reference,mezo", "--repeats", "1",
+                       "--steps", "1", "--data-dir", str(shared_data_dir)])
+    assert code == 0
+    result = json.loads((out / "bench.json").read_text())
+    assert [r["method"] for r in result["rows"]] == ["inference", "reference", "mezo"]
+    mezo = result["rows"][2]
+    assert mezo["forward_passes_per_step"] == 2 and mezo["batch_size"] == 16 and mezo["step_s"] > 0
+    assert result["rows"][1]["sequences"] == 32 and mezo["sequences"] <= 32  # a sequence per candidate in the reference
+    assert "| mezo | 2 |" in (out / "bench.md").read_text()
+
+
+def test_a_failed_measurement_is_one_line_and_the_others_are_kept(tmp_path, shared_data_dir, capsys):
+    out = tmp_path / "b"
+    code = bench_main(["--out", str(out), "--model", "tiny-opt", "--methods", "fo_adam,curvzo_uniform", "--repeats",
+                       "1", "--steps", "1", "--data-dir", str(shared_data_dir)])
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(errors) == 1
+    assert errors[0].startswith("error: fo_adam: ") and "needs gradients" in errors[0]
+    result = json.loads((out / "bench.json").read_text())
+    # curvzo_uniform has no tuned lr: measured at a stand-in lr, since the lr does not change a step's cost
+    assert [r["method"] for r in result["rows"]] == ["inference", "curvzo_uniform"] and len(result["failed"]) == 1
+    assert "Failed measurements:\n- fo_adam: " in (out / "bench.md").read_text()
