@@ -1,7 +1,7 @@
 """The speed and memory benchmark: ``make bench`` / ``make bench-quick OUT=<dir>``.
 
-    python -m curvzo.bench --out bench/                         # SmolLM2-135M, SST-2, batch 16, every ZO method
-    python -m curvzo.bench --out /tmp/b --model tiny-opt --methods reference,mezo,curvzo --repeats 2 --steps 2
+    python -m curvzo.bench --out outputs/bench                  # SmolLM2-135M, SST-2, batch 16, every ZO method
+    python -m curvzo.bench --out outputs/bench-quick --model tiny-opt --methods reference,mezo,curvzo --repeats 2 --steps 2
 
 Every measurement (inference, the reference MeZO step, each optimizer) runs in a fresh process,
 one after another, on the same model and batch (:mod:`curvzo.bench.measure`); the results go to
