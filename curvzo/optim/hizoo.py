@@ -91,7 +91,8 @@ class HiZOO(ZerothOrderOptimizer):
 
     def restore_chunk(self, view: torch.Tensor, z: torch.Tensor, h: torch.Tensor, block: Block) -> None:
         """θ += ε H^{-1/2} z with the old H (the probe's restore), then the decoupled decay, on one chunk."""
-        view.add_(z / h.float().sqrt(), alpha=self.eps)
+        scaled = h.float().sqrt()  # one temporary, reused for z / sqrt(H)
+        view.add_(torch.div(z, scaled, out=scaled), alpha=self.eps)
         lr, wd = block.group["lr"], block.group["weight_decay"]
         if wd:
             view.mul_(1.0 - lr * wd)
