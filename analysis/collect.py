@@ -30,6 +30,7 @@ CORE_COLUMNS = [
     "dev_best", "test_at_best_dev", "zero_shot_test", "best_step", "steps", "forward_passes",
     "forward_passes_per_step", "wall_s", "sec_per_step", "sec_per_forward", "peak_mem_gb",
     "peak_mem_kind", "state_mb", "max_steps", "max_forward_passes", "select_by", "status", "run_dir",
+    "error",
 ]
 # Keys of the optimizer node that are not knobs: the class, and values already in CORE_COLUMNS.
 _NOT_KNOBS = {"_target_", "_partial_", "lr", "eps", "seed"}
@@ -54,15 +55,16 @@ def collect_runs(root: str | Path) -> pd.DataFrame:
         summary = _read_json(run_dir / "summary.json") if (run_dir / "summary.json").is_file() else None
         config = _read_config(run_dir)
         choices = _hydra_choices(run_dir)
-        if summary is None:
-            summary = {"status": "no_summary"}
+        if summary is None:  # a job that failed writes status.json with its error (curvzo.run)
+            status = _read_json(run_dir / "status.json") if (run_dir / "status.json").is_file() else {}
+            summary = {"status": status.get("status", "no_summary"), "error": status.get("error")}
         rows.append(run_row(summary, config, str(run_dir), choices))
     return tidy(rows)
 
 
 def _run_dirs(root: Path) -> list[Path]:
     """Directories holding summary.json, config.yaml or .hydra/config.yaml (each counted once)."""
-    finished = {p.parent for p in root.rglob("summary.json")}
+    finished = {p.parent for p in root.rglob("summary.json")} | {p.parent for p in root.rglob("status.json")}
     started = {p.parent for p in root.rglob("config.yaml") if p.parent.name != ".hydra"}
     started |= {p.parent.parent for p in root.rglob(".hydra/config.yaml")}
     # W&B's offline copy (<run>/wandb/run-*/files/config.yaml) is not a run of its own
@@ -181,6 +183,7 @@ def run_row(summary: dict, config: dict | None, run_dir: str, choices: dict | No
         "select_by": summary.get("select_by") or config.get("select_by"),
         "status": summary.get("status") or "unknown",
         "run_dir": run_dir,
+        "error": summary.get("error"),
     }
     for key, value in optimizer_node.items():
         if key not in _NOT_KNOBS and not _is_interpolation(value):

@@ -110,7 +110,7 @@ def missing_runs(runs: pd.DataFrame, grid: dict[str, list]) -> tuple[pd.DataFram
 
 def failed_runs(runs: pd.DataFrame) -> pd.DataFrame:
     """Every run whose status is not ``finished``, with its identifying columns."""
-    columns = ["task", "model", "optimizer", "peft", "lr", "seed", "status", "run_dir"]
+    columns = ["task", "model", "optimizer", "peft", "lr", "seed", "status", "error", "run_dir"]
     return runs.loc[runs["status"] != "finished", columns].reset_index(drop=True)
 
 

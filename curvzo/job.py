@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -19,11 +20,28 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
+from curvzo.checkpoint import (
+    CheckpointError,
+    json_fingerprint,
+    load_checkpoint,
+    run_identity,
+    save_checkpoint,
+    tensor_fingerprint,
+)
 from curvzo.data import load_splits
 from curvzo.errors import ConfigError
 from curvzo.loggers import JsonlLogger, LoggerGroup, MetricLogger, WandbLogger
-from curvzo.optim.base import optimizer_state_bytes
+from curvzo.optim.base import default_direction_workers, optimizer_state_bytes
 from curvzo.peft_modes import parameter_groups
+from curvzo.preemption import StopRequest
+from curvzo.resume import (
+    build_checkpoint,
+    check_identity,
+    locate_checkpoint,
+    restore,
+    resume_mode,
+    trainable_parameters,
+)
 from curvzo.train import LoopSettings, TrainingLoop
 from curvzo.utils.instantiate import check_targets, instantiate
 from curvzo.utils.runinfo import (
@@ -61,6 +79,14 @@ def _choice(cfg: DictConfig, key: str, choices: tuple[str, ...]) -> str:
     return value
 
 
+def set_direction_workers(optimizer, workers: Any) -> None:
+    """Give a ZO optimizer the config's ``direction_workers`` (0: its default, one per intra-op thread)."""
+    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
+        raise ConfigError(f"direction_workers must be an integer >= 0, got {workers!r}")
+    if hasattr(optimizer, "direction_workers"):
+        optimizer.direction_workers = workers or default_direction_workers()
+
+
 def trains(cfg: DictConfig) -> bool:
     """``optimizer=none`` (no ``_target_``) means zero-shot evaluation only."""
     return cfg.optimizer.get("_target_") is not None
@@ -76,8 +102,9 @@ def optimizer_kwargs(cfg: DictConfig) -> DictConfig:
 def validate_config(cfg: DictConfig) -> LoopSettings:
     """Reject invalid values with one line, before any data or model is touched."""
     try:
-        for group in ("model", "task", "optimizer", "peft"):
-            check_targets(cfg[group], group)
+        for group in cfg:  # every node, not only those we instantiate: a _target_ anywhere is refused early
+            if group != "hydra" and isinstance(cfg[group], DictConfig):
+                check_targets(cfg[group], str(group))
         settings = LoopSettings(
             max_steps=_int_at_least(cfg, "budget.max_steps", 1 if trains(cfg) else 0),
             batch_size=_int_at_least(cfg, "budget.batch_size", 1),
@@ -94,6 +121,11 @@ def validate_config(cfg: DictConfig) -> LoopSettings:
             _int_at_least(cfg, key, 0)
         _int_at_least(cfg, "seed", 0)
         _int_at_least(cfg, "data_seed", 0)
+        _int_at_least(cfg, "direction_workers", 0)
+        _optional_int_at_least(cfg, "checkpoint.every", 1)
+        if not isinstance(OmegaConf.select(cfg, "checkpoint.weights"), bool):
+            raise ConfigError(f"checkpoint.weights must be true or false, got {OmegaConf.select(cfg, 'checkpoint.weights')!r}")
+        resume_mode(OmegaConf.select(cfg, "resume"))
         _choice(cfg, "logger.wandb.mode", WANDB_MODES)
         if trains(cfg):
             _choice(cfg, "optimizer.lr_schedule", LR_SCHEDULES)
@@ -143,6 +175,11 @@ def run_job(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     """Run one configured job in ``output_dir``; returns the summary (also written to disk)."""
     started = time.perf_counter()
     settings = validate_config(cfg)
+    identity = run_identity(cfg)
+    checkpoint_path = locate_checkpoint(resume_mode(cfg.resume), output_dir, Path(cfg.paths.output_root), identity)
+    header = check_identity(checkpoint_path, identity) if checkpoint_path is not None else None
+    if checkpoint_path is not None and checkpoint_path.parent.resolve() != output_dir.resolve():
+        output_dir = adopt_run_dir(output_dir, checkpoint_path.parent)
     output_dir.mkdir(parents=True, exist_ok=True)
     choices = config_choices()
     summary: dict[str, Any] = {
@@ -165,6 +202,9 @@ def run_job(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     task = instantiate(cfg.task, "task")
     splits = load_splits(task, cfg.paths.data_dir, cfg.budget.num_train, cfg.budget.num_dev,
                          cfg.budget.num_test, cfg.data_seed)
+    data_fingerprint = json_fingerprint([[repr(e) for e in split] for split in (splits.train, splits.dev, splits.test)])
+    if header is not None and header["data_fingerprint"] != data_fingerprint:
+        raise CheckpointError(f"checkpoint {checkpoint_path} was trained on another data sample (data files changed?)")
     OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
     summary["metric"] = task.objective.metric
     summary["objective"] = repr(task.objective)
@@ -177,44 +217,98 @@ def run_job(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     summary["model_source"] = loaded.source
     summary["trainable_params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
     optimizer = None
+    params = trainable_parameters(model)
+    start_fingerprint = tensor_fingerprint(params) if trains(cfg) else ""
+    checkpoint = None
+    if header is not None:
+        if header["start_fingerprint"] != start_fingerprint:
+            raise CheckpointError(f"checkpoint {checkpoint_path} started from other weights than this model's "
+                                  f"(model files or PEFT init changed?)")
+        checkpoint = load_checkpoint(checkpoint_path)
     if trains(cfg):
         weight_decay = float(cfg.optimizer.get("weight_decay", 0.0) or 0.0)
         optimizer = instantiate(optimizer_kwargs(cfg), "optimizer")(parameter_groups(model, weight_decay))
+        set_direction_workers(optimizer, cfg.direction_workers)
     scheduler = build_scheduler(cfg, optimizer, settings.max_steps)
+    forward_only = getattr(optimizer, "forward_only", False)
+    if checkpoint is not None:
+        how = restore(checkpoint, params, optimizer, scheduler)
+        log.info("resuming %s after step %d (weights %s, fingerprint verified)", output_dir, checkpoint.step, how)
+        summary["resumed_from_step"] = checkpoint.step
+        truncate_metrics(output_dir / "metrics.jsonl", checkpoint.step)
+
+    def write_checkpoint(step: int, loop_state: dict) -> None:
+        saved = build_checkpoint(step, loop_state, identity=identity, data_fingerprint=data_fingerprint,
+                                 start_fingerprint=start_fingerprint, params=params, optimizer=optimizer,
+                                 store_weights=cfg.checkpoint.weights or not forward_only)
+        log.info("checkpoint after step %d: %s", step, save_checkpoint(output_dir, saved))
 
     logger = build_loggers(cfg, output_dir)
     logger.log_config(OmegaConf.to_container(cfg, resolve=True))
-    trajectory = open(output_dir / "trajectory.jsonl", "w", encoding="utf-8") if getattr(optimizer, "forward_only", False) else None
-    loop = TrainingLoop(model, loaded.tokenizer, loaded.device, optimizer, scheduler, splits, settings,
-                        logger, seed=cfg.seed, trajectory_file=trajectory, objective=task.objective)
+    trajectory = open(output_dir / "trajectory.jsonl", "w", encoding="utf-8") if forward_only else None
+    if trajectory is not None and checkpoint is not None:
+        trajectory.writelines(json.dumps(record) + "\n" for record in checkpoint.trajectory)
     status = "failed"
-    try:
-        result = loop.run()
-        status = result.status
-    finally:
-        result = loop.result
-        if trajectory is not None:
-            trajectory.close()
-        summary.update({
-            "status": status,
-            "steps": result.steps,
-            "forward_passes": result.forward_passes,
-            "skipped_steps": result.skipped_steps,
-            "zero_shot": result.zero_shot,
-            "best": {k: v for k, v in result.best.items() if k != "key"},
-            "test_at_best_dev": result.test_at_best,
-            "last_dev": result.last_dev,
-            "train_time_s": result.train_time_s,
-            "wall_time_s": time.perf_counter() - started,
-            "sec_per_step": (result.step_time_s / result.steps) if result.steps else None,
-            "forward_passes_per_step": (result.forward_passes / result.steps) if result.steps else None,
-            "optimizer_info": describe_optimizer(optimizer),
-            **peak_memory(),
-        })
-        write_summary(output_dir, summary)
-        logger.log_summary(_flat_summary(summary))
-        logger.close(status)
+    with StopRequest() as stop:
+        loop = TrainingLoop(model, loaded.tokenizer, loaded.device, optimizer, scheduler, splits, settings,
+                            logger, seed=cfg.seed, trajectory_file=trajectory, objective=task.objective,
+                            checkpoint_every=cfg.checkpoint.every, save_checkpoint=write_checkpoint, stop=stop,
+                            resume_state=checkpoint.loop if checkpoint is not None else None)
+        try:
+            result = loop.run()
+            status = result.status
+        finally:
+            status = loop.result.status if loop.result.status == "preempted" else status
+            _finish(loop, trajectory, summary, status, started, optimizer, output_dir, logger)
     return summary
+
+
+def _finish(loop: TrainingLoop, trajectory, summary: dict, status: str, started: float, optimizer, output_dir: Path,
+            logger: MetricLogger) -> None:
+    """Write summary.json and close the loggers, also when the loop raised (failed or preempted)."""
+    result = loop.result
+    if trajectory is not None:
+        trajectory.close()
+    summary.update({
+        "status": status,
+        "steps": result.steps,
+        "forward_passes": result.forward_passes,
+        "skipped_steps": result.skipped_steps,
+        "zero_shot": result.zero_shot,
+        "best": {k: v for k, v in result.best.items() if k != "key"},
+        "test_at_best_dev": result.test_at_best,
+        "last_dev": result.last_dev,
+        "train_time_s": result.train_time_s,
+        "wall_time_s": time.perf_counter() - started,
+        "sec_per_step": (result.step_time_s / result.steps) if result.steps else None,
+        "forward_passes_per_step": (result.forward_passes / result.steps) if result.steps else None,
+        "optimizer_info": describe_optimizer(optimizer),
+        **peak_memory(),
+    })
+    write_summary(output_dir, summary)
+    write_status(output_dir, {"status": status, "steps": result.steps})
+    logger.log_summary(_flat_summary(summary))
+    logger.close(status)
+
+
+def adopt_run_dir(fresh_dir: Path, run_dir: Path) -> Path:
+    """Continue in ``run_dir``; the directory Hydra just made for this invocation goes if it holds
+    only Hydra's own files, so a resume leaves no stray run directory behind."""
+    log.info("resume: continuing in %s", run_dir)
+    if fresh_dir.is_dir() and all(p.name == ".hydra" or p.suffix == ".log" for p in fresh_dir.iterdir()):
+        shutil.rmtree(fresh_dir, ignore_errors=True)
+    return run_dir
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Drop metrics rows logged after ``step`` (the killed run went on past its checkpoint)."""
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text(encoding="utf-8").splitlines(keepends=True)
+            if line.strip() and json.loads(line).get("step", 0) <= step]
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(kept), encoding="utf-8")
+    tmp.replace(path)
 
 
 def describe_optimizer(optimizer) -> dict[str, Any]:
@@ -231,6 +325,14 @@ def write_summary(output_dir: Path, summary: dict[str, Any]) -> None:
     tmp = output_dir / "summary.json.tmp"
     tmp.write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
     tmp.replace(output_dir / "summary.json")
+
+
+def write_status(run_dir: Path, status: dict) -> None:
+    """``status.json``: how the job ended (the analysis lists every job not ``finished``)."""
+    if run_dir.is_dir():
+        tmp = run_dir / "status.json.tmp"
+        tmp.write_text(json.dumps(status) + "\n", encoding="utf-8")
+        tmp.replace(run_dir / "status.json")
 
 
 def _flat_summary(summary: dict[str, Any]) -> dict[str, Any]:

@@ -6,12 +6,15 @@
     curvzo-run --cfg job                                  # print the composed config
 
 Outputs go to Hydra's run directory (``hydra.run.dir``): config.yaml, metrics.jsonl,
-trajectory.jsonl (ZO methods) and summary.json.
+trajectory.jsonl (ZO methods), summary.json, status.json and, when checkpointing,
+checkpoint.safetensors. A single run that fails on bad input leaves no directory behind; a failed
+job of a sweep leaves status.json with its error, and the other jobs go on.
 """
 
 from __future__ import annotations
 
 import logging
+import shutil
 import sys
 from pathlib import Path
 
@@ -23,6 +26,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from curvzo.errors import CurvzoError
+from curvzo.preemption import Preempted, hand_over
 
 log = logging.getLogger("curvzo")
 
@@ -68,18 +72,42 @@ def hydra_app(cfg: DictConfig) -> float | None:
     """Run one job; a bad config, data file or model gives one line on stderr, not a traceback."""
     hydra_cfg = HydraConfig.get()
     output_dir = Path(hydra_cfg.runtime.output_dir)
+    single = hydra_cfg.mode == RunMode.RUN
     try:
         # heavy imports after Hydra has parsed the command line
         from curvzo.job import run_job
 
         summary = run_job(cfg, output_dir)
+    except Preempted as err:
+        log.warning("%s", err)
+        hand_over(err)  # submitit's handler requeues the job, or we exit with REQUEUE_EXIT_CODE
+        raise
     except CurvzoError as err:
         print(f"error: {err}", file=sys.stderr)
-        if hydra_cfg.mode == RunMode.RUN:
+        record_failure(output_dir, err, remove_if_empty=single)
+        if single:
             sys.exit(2)
         raise  # in a sweep the other jobs go on; Hydra reports the failure at the end
+    except Exception as err:
+        record_failure(output_dir, err, remove_if_empty=False)
+        raise
     _report(summary)
     return summary.get("test_at_best_dev", {}).get(f"test_{summary.get('metric', 'acc')}")
+
+
+def record_failure(run_dir: Path, err: BaseException, *, remove_if_empty: bool) -> None:
+    """A failed job's directory: removed when it holds nothing but Hydra's files (a single run's bad
+    input leaves no partial outputs), else given a status.json naming the error."""
+    if not run_dir.is_dir():
+        return
+    own = [p for p in run_dir.iterdir() if p.name != ".hydra" and p.suffix != ".log"]
+    if remove_if_empty and not own:
+        shutil.rmtree(run_dir, ignore_errors=True)
+        return
+    message = str(err).splitlines()[0] if str(err) else type(err).__name__
+    from curvzo.job import write_status
+
+    write_status(run_dir, {"status": "failed", "error": f"{type(err).__name__}: {message}"})
 
 
 def _report(summary: dict) -> None:

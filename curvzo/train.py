@@ -13,8 +13,8 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
@@ -24,6 +24,7 @@ from curvzo.example import Example
 from curvzo.loggers import MetricLogger
 from curvzo.objectives import CandidateClassification
 from curvzo.optim.directions import mix64
+from curvzo.preemption import Preempted, StopRequest
 
 log = logging.getLogger(__name__)
 
@@ -89,14 +90,22 @@ class TrainingLoop:
     """Runs one fine-tuning job on prepared splits; ``optimizer=None`` evaluates only."""
 
     def __init__(self, model, tokenizer, device, optimizer, scheduler, splits, settings: LoopSettings,
-                 logger: MetricLogger, seed: int, trajectory_file=None, objective=None) -> None:
+                 logger: MetricLogger, seed: int, trajectory_file=None, objective=None, *,
+                 checkpoint_every: int | None = None, save_checkpoint: Callable[[int, dict], None] | None = None,
+                 stop: StopRequest | None = None, resume_state: dict | None = None) -> None:
+        """``save_checkpoint(step, self.state(...))`` runs every ``checkpoint_every`` steps, at the end,
+        and when ``stop`` reports a signal (then :class:`Preempted` is raised); ``resume_state`` (a
+        saved :meth:`state`, with the weights and optimizer already restored) continues a run."""
         self.model, self.tokenizer, self.device = model, tokenizer, device
         self.objective = objective if objective is not None else CandidateClassification()
         self.optimizer, self.scheduler = optimizer, scheduler
         self.splits, self.settings, self.logger, self.seed = splits, settings, logger, seed
         self.trajectory_file = trajectory_file
-        self.result = LoopResult()
-        self._start = time.perf_counter()
+        self.checkpoint_every, self.save_checkpoint, self.stop = checkpoint_every, save_checkpoint, stop
+        self.resume_state = resume_state
+        self.result = LoopResult(**resume_state["result"]) if resume_state else LoopResult()
+        self._start = time.perf_counter() - (resume_state["elapsed_s"] if resume_state else 0.0)
+        self._extra_batches_drawn = 0
 
     # evaluation ------------------------------------------------------------------------------
     def _eval(self, examples) -> dict:
@@ -138,11 +147,28 @@ class TrainingLoop:
     def _batch(self, examples):
         return self.objective.training_batch(examples, self.tokenizer, self.settings.max_length).to(self.device)
 
-    def _extra_closures(self) -> Iterator:
-        """Closures over minibatches from a second data order, encoded only when drawn (DiZO's probes)."""
+    def _extra_closures(self, skip: int = 0) -> Iterator:
+        """Closures over minibatches from a second data order, encoded only when drawn (DiZO's probes);
+        the first ``skip`` batches (drawn before a checkpoint) are passed over without encoding."""
         s = self.settings
-        for examples in training_batches(self.splits.train, s.batch_size, self.seed, _EXTRA_BATCH_STREAM):
+        for drawn, examples in enumerate(training_batches(self.splits.train, s.batch_size, self.seed,
+                                                          _EXTRA_BATCH_STREAM)):
+            if drawn < skip:
+                continue
+            self._extra_batches_drawn = drawn + 1
             yield self._loss_closure(self._batch(examples))
+
+    def state(self, step: int, streak: int) -> dict:
+        """The loop's part of a checkpoint after ``step``: JSON only (weights are the caller's)."""
+        return {
+            "step": step,
+            "streak": streak,
+            "result": asdict(self.result),
+            "elapsed_s": time.perf_counter() - self._start,
+            "extra_batches": self._extra_batches_drawn,
+            "lrs": [float(g["lr"]) for g in self.optimizer.param_groups],
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+        }
 
     def _zo_step(self, batch) -> float:
         self.model.eval()  # ZO probes run without dropout (MeZO zo_forward)
@@ -166,7 +192,9 @@ class TrainingLoop:
     def run(self) -> LoopResult:
         """Evaluate zero-shot, train for the budget (if there is an optimizer), return the result."""
         s = self.settings
-        self.evaluation_point(0)
+        resume = self.resume_state or {}
+        if not resume:
+            self.evaluation_point(0)
         metric = self.objective.metric
         log.info("zero-shot: dev %s %.4f, test %s %.4f", metric, self.result.zero_shot[f"dev_{metric}"], metric,
                  self.result.zero_shot[f"test_{metric}"])
@@ -175,12 +203,16 @@ class TrainingLoop:
             return self.result
         forward_only = getattr(self.optimizer, "forward_only", False)
         if getattr(self.optimizer, "wants_extra_batches", False):
-            self.optimizer.extra_closures = self._extra_closures()
+            self.optimizer.extra_closures = self._extra_closures(skip=resume.get("extra_batches", 0))
+            self._extra_batches_drawn = resume.get("extra_batches", 0)
         batches = training_batches(self.splits.train, s.batch_size, self.seed)
-        streak = 0
-        bar = tqdm(total=s.max_steps, desc="train", unit="step", dynamic_ncols=True)
+        first = resume.get("step", 0) + 1
+        for _ in range(first - 1):  # the data order is a pure function of the seed: skip what was trained on
+            next(batches)
+        streak = resume.get("streak", 0)
+        bar = tqdm(total=s.max_steps, initial=first - 1, desc="train", unit="step", dynamic_ncols=True)
         try:
-            for step in range(1, s.max_steps + 1):
+            for step in range(first, s.max_steps + 1):
                 t0 = time.perf_counter()
                 passes_before = self.result.forward_passes
                 examples = next(batches)
@@ -204,12 +236,23 @@ class TrainingLoop:
                                  and self.result.forward_passes + self._next_step_cost() > s.max_forward_passes)
                 if self._eval_due(step, passes_before) or out_of_passes:
                     self.evaluation_point(step)
+                self._maybe_checkpoint(step, streak, last=out_of_passes or step == s.max_steps)
                 if out_of_passes:
                     break
         finally:
             bar.close()
         self.result.train_time_s = time.perf_counter() - self._start
         return self.result
+
+    def _maybe_checkpoint(self, step: int, streak: int, last: bool) -> None:
+        """Checkpoint on the cadence, at the last step, and on a stop signal (then raise Preempted)."""
+        signum = self.stop.requested if self.stop is not None else None
+        due = self.checkpoint_every is not None and (step % self.checkpoint_every == 0 or last)
+        if self.save_checkpoint is not None and (due or signum is not None):
+            self.save_checkpoint(step, self.state(step, streak))
+        if signum is not None:
+            self.result.status = "preempted"
+            raise Preempted(signum, step)
 
     def _next_step_cost(self) -> int:
         """Forward passes the next step will spend: the optimizer says (DiZO's vary); a first-order step is 1."""

@@ -99,8 +99,13 @@ def test_missing_lr_names_the_key():
         validate_config(cfg)
 
 
-def test_disallowed_target_is_refused():
-    cfg = compose_cfg(["+task.evil._target_=os.system"])
+@pytest.mark.parametrize("override", [
+    "+task.evil._target_=os.system", "+logger.evil._target_=builtins.eval", "model.config._target_=transformers.pipeline",
+    "+peft.evil._target_=peft.utils.save_and_load.torch_load", "+optimizer.evil._target_=torch.load",
+    "+budget.evil._target_=curvzo_evil.module",
+])
+def test_disallowed_target_is_refused(override):
+    cfg = compose_cfg(["model=tiny-opt", override])
     with pytest.raises(ConfigError, match="not an allowed target"):
         validate_config(cfg)
 

@@ -461,3 +461,15 @@ def test_real_smollm2_gguf_and_cache_are_bitwise_identical(monkeypatch, tmp_path
     with torch.no_grad():
         logits = second.model(**batch).logits
     assert torch.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("stem, billions", [("opt-1.3b-random", 1.316), ("opt-2.7b-random", 2.652)])
+def test_random_opt_benchmark_configs_have_the_real_sizes(stem, billions):
+    """Built on the meta device (no memory, no init): the parameter count of the real OPT."""
+    cfg = OmegaConf.load(MODEL_CONF / f"{stem}.yaml")
+    config = hydra.utils.instantiate(cfg.config)
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(config)
+    count = sum(p.numel() for p in model.parameters()) / 1e9
+    assert count == pytest.approx(billions, rel=0.01)
+    assert cfg.dtype == "bfloat16" and cfg.max_length <= config.max_position_embeddings

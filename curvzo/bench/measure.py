@@ -24,7 +24,7 @@ from hydra import compose, initialize_config_dir
 
 from curvzo.bench.reference import ReferenceMeZO, reference_batch, reference_loss
 from curvzo.data import load_splits
-from curvzo.job import optimizer_kwargs, trains
+from curvzo.job import optimizer_kwargs, set_direction_workers, trains
 from curvzo.peft_modes import parameter_groups
 from curvzo.run import CONFIG_DIR
 from curvzo.train import training_batches
@@ -103,6 +103,7 @@ def measure(method: str, overrides: list[str], repeats: int = 3, steps: int = 3)
                 raise ValueError(f"optimizer={method} trains nothing: benchmark a training method")
             weight_decay = float(cfg.optimizer.get("weight_decay", 0.0) or 0.0)
             optimizer = instantiate(optimizer_kwargs(cfg), "optimizer")(parameter_groups(model, weight_decay))
+            set_direction_workers(optimizer, cfg.direction_workers)
             if not getattr(optimizer, "forward_only", False):
                 raise ValueError(f"optimizer={method} needs gradients; the benchmark measures forward-only steps")
         if getattr(optimizer, "wants_extra_batches", False):

@@ -8,8 +8,10 @@ once, optimizers.md notation). Per step the optimizer records what replays the t
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +21,19 @@ from curvzo.errors import ConfigError
 from curvzo.optim.directions import DirectionSampler, mix64
 
 _STEP_STREAM = 1  # sub-stream tag of the per-step seeds; data order and samplers use other tags
+
+
+MAX_DIRECTION_WORKERS = 4  # drawing z stops scaling past a few threads (memory bandwidth; `make bench`)
+
+
+def default_direction_workers() -> int:
+    """One worker thread per intra-op thread, capped: z is drawn by a single-threaded kernel."""
+    return max(1, min(torch.get_num_threads(), MAX_DIRECTION_WORKERS))
+
+
+@functools.cache
+def _block_executor(workers: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="curvzo-z")
 
 
 def step_seed(run_seed: int, step: int) -> int:
@@ -107,6 +122,7 @@ class ZerothOrderOptimizer(torch.optim.Optimizer):
                 self.blocks.append(Block(index, p, group, name or f"param{index}"))
         self.seed = int(seed)
         self.directions = DirectionSampler()
+        self.direction_workers = default_direction_workers()
         self.steps_taken = 0
         self.forward_passes = 0
         self.skipped_steps = 0
@@ -133,11 +149,26 @@ class ZerothOrderOptimizer(torch.optim.Optimizer):
         """(view of θ_b, float32 chunk of z_b) pairs; methods with masked directions override this."""
         return self.directions.chunks(block.param, seed, block.index)
 
+    def for_each_block(self, fn: Callable[[Block], Any], blocks: list[Block] | None = None) -> list[Any]:
+        """``[fn(b) for b in blocks]`` (all blocks by default), results in block order.
+
+        On CPU, ``direction_workers`` threads run ``fn`` on different blocks at once: the Gaussian
+        kernel that draws z is single-threaded, and it dominates a step's overhead. z_b depends
+        only on (seed, b), each thread has its own generator, and ``fn`` must touch only its own
+        block's weights and state, so the result is bit-identical for any number of workers.
+        """
+        blocks = self.blocks if blocks is None else blocks
+        workers = min(self.direction_workers, len(blocks))
+        if workers <= 1 or blocks[0].param.device.type != "cpu":  # CUDA kernels are asynchronous already
+            return [fn(block) for block in blocks]
+        return list(_block_executor(workers).map(fn, blocks))
+
     def shift(self, seed: int, scale: float, blocks: list[Block] | None = None) -> None:
         """theta_b += scale * z_b for the given blocks (all by default), in place."""
-        for block in self.blocks if blocks is None else blocks:
+        def shift_block(block: Block) -> None:
             for view, z in self.direction_chunks(block, seed):
                 view.add_(z, alpha=scale)
+        self.for_each_block(shift_block, blocks)
 
     def two_point_probe(self, closure: Callable[[], torch.Tensor], seed: int, eps: float,
                         blocks: list[Block] | None = None, *, restore: bool = True) -> tuple[float, float]:
@@ -160,24 +191,26 @@ class ZerothOrderOptimizer(torch.optim.Optimizer):
 
     def apply_update(self, seed: int, coefficient: float, blocks: list[Block] | None = None) -> None:
         """theta_b <- theta_b - lr_b * (coefficient * z_b + wd_b * theta_b): the SGD step along z."""
-        for block in self.blocks if blocks is None else blocks:
+        def update_block(block: Block) -> None:
             lr, wd = block.group["lr"], block.group["weight_decay"]
             if wd:
                 block.param.data.mul_(1.0 - lr * wd)
             for view, z in self.direction_chunks(block, seed):
                 view.add_(z, alpha=-lr * coefficient)
+        self.for_each_block(update_block, blocks)
 
     def restore_and_update(self, seed: int, eps: float, coefficient: float, blocks: list[Block] | None = None) -> None:
         """``shift(seed, +eps)`` then ``apply_update(seed, coefficient)`` with one regeneration of z
         instead of two. Each element sees the same operations in the same order (restore, decay,
         update), so the weights are bit-identical to the two calls: a step draws z three times, not four."""
-        for block in self.blocks if blocks is None else blocks:
+        def restore_and_update_block(block: Block) -> None:
             lr, wd = block.group["lr"], block.group["weight_decay"]
             for view, z in self.direction_chunks(block, seed):
                 view.add_(z, alpha=eps)
                 if wd:
                     view.mul_(1.0 - lr * wd)
                 view.add_(z, alpha=-lr * coefficient)
+        self.for_each_block(restore_and_update_block, blocks)
 
     def record(self, **entry: Any) -> None:
         """Append one step's replay record (step, seed, scalars, lrs) to the trajectory."""
@@ -271,8 +304,7 @@ class PseudoGradientOptimizer(ZerothOrderOptimizer):
             self.skip(step, seed, (loss_plus, loss_minus))
             return float("nan")
         projected_grad = (loss_plus - loss_minus) / (2 * self.eps)
-        for block in self.blocks:
-            self.update_block(block, seed, projected_grad)
+        self.for_each_block(lambda block: self.update_block(block, seed, projected_grad))
         loss = (loss_plus + loss_minus) / 2
         self.record(step=step, seed=seed, projected_grad=projected_grad, lr=self.lrs(), losses=[loss_plus, loss_minus])
         self.last_stats = self.probe_stats(loss, loss_plus, projected_grad)

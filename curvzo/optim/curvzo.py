@@ -150,8 +150,8 @@ class CurvZO(ZerothOrderOptimizer):
         chosen = [int(i) for i in torch.nonzero(mask).flatten()]
         blocks = [self.blocks[i] for i in chosen]
 
-        energy = torch.tensor([self.directions.add_with_squared_norm_(b.param, seed, b.index, +eps) for b in blocks],
-                              dtype=torch.float64)
+        energy = torch.tensor(self.for_each_block(
+            lambda b: self.directions.add_with_squared_norm_(b.param, seed, b.index, +eps), blocks), dtype=torch.float64)
         loss_plus = self.probe(closure)
         self.shift(seed, -2 * eps, blocks)
         loss_minus = self.probe(closure)
@@ -164,8 +164,8 @@ class CurvZO(ZerothOrderOptimizer):
         pi_chosen = pi[chosen]
         self._update_scores(chosen, energy, pi_chosen, delta)
         ht = (1.0 / pi_chosen) if self.ht_correction else torch.ones_like(pi_chosen)
-        for block, factor in zip(blocks, ht.tolist()):
-            self._update_block(block, seed, delta * factor)
+        factors = dict(zip(chosen, ht.tolist()))
+        self.for_each_block(lambda b: self._update_block(b, seed, delta * factors[b.index]), blocks)
         budget_used = self.fraction
         if self.budget_mode == "adaptive" and self.steps_taken % self.budget_every == 0:
             self.fraction = adaptive_budget(self.scores, self.fraction, budget_min=self.budget_min,

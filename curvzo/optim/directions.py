@@ -5,11 +5,13 @@ Every zeroth-order method draws its perturbations here (optimizers.md §1.2). A 
 on the order in which blocks are visited, or on which other blocks a sparse method selects.
 Directions are drawn in float32 in fixed-size chunks of the flattened tensor into one reusable
 buffer per device, which caps the transient memory at one chunk. The chunk size is part of the
-RNG contract: changing it changes z for the same seed.
+RNG contract: changing it changes z for the same seed. Generators and buffers are per thread, so
+worker threads may draw the directions of different blocks at once (:meth:`ZerothOrderOptimizer.for_each_block`).
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 
 import torch
@@ -35,19 +37,25 @@ class DirectionSampler:
 
     def __init__(self, chunk_numel: int = CHUNK_NUMEL) -> None:
         self.chunk_numel = chunk_numel
-        self._generators: dict[torch.device, torch.Generator] = {}
-        self._buffers: dict[torch.device, torch.Tensor] = {}
+        self._local = threading.local()  # per thread: {device: generator}, {device: buffer}
+
+    def _per_thread(self) -> tuple[dict[torch.device, torch.Generator], dict[torch.device, torch.Tensor]]:
+        if not hasattr(self._local, "generators"):
+            self._local.generators, self._local.buffers = {}, {}
+        return self._local.generators, self._local.buffers
 
     def _generator(self, device: torch.device) -> torch.Generator:
-        if device not in self._generators:
-            self._generators[device] = torch.Generator(device=device)
-        return self._generators[device]
+        generators, _ = self._per_thread()
+        if device not in generators:
+            generators[device] = torch.Generator(device=device)
+        return generators[device]
 
     def _buffer(self, device: torch.device, numel: int) -> torch.Tensor:
-        buf = self._buffers.get(device)
+        _, buffers = self._per_thread()
+        buf = buffers.get(device)
         if buf is None or buf.numel() < numel:
             buf = torch.empty(min(max(numel, 1), self.chunk_numel), dtype=torch.float32, device=device)
-            self._buffers[device] = buf
+            buffers[device] = buf
         return buf
 
     def spans(self, tensor: torch.Tensor, seed: int, block: int) -> Iterator[tuple[slice, torch.Tensor]]:

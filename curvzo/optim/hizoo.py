@@ -82,12 +82,13 @@ class HiZOO(ZerothOrderOptimizer):
 
     def preconditioned_shift(self, seed: int, scale: float) -> None:
         """θ_b += scale · H_b^{-1/2} ⊙ z_b for every block, in place."""
-        for block in self.blocks:
+        def shift_block(block: Block) -> None:
             flat = block.param.data.view(-1)
             hessian = self.state[block.param]["hessian"].view(-1)
             for span, z in self.directions.spans(block.param, seed, block.index):
                 z.div_(hessian[span].float().sqrt())
                 flat[span].add_(z, alpha=scale)
+        self.for_each_block(shift_block)
 
     def restore_chunk(self, view: torch.Tensor, z: torch.Tensor, h: torch.Tensor, block: Block) -> None:
         """θ += ε H^{-1/2} z with the old H (the probe's restore), then the decoupled decay, on one chunk."""
@@ -100,8 +101,8 @@ class HiZOO(ZerothOrderOptimizer):
     def update_blocks(self, seed: int, projected_grad: float, curvature: float, alpha: float) -> list[torch.Tensor]:
         """Restore each chunk, update its H, then step along H_new^{-1/2} z: one draw of z per block,
         bit-identical to restoring every block first. Returns (sum, min, max) of H per chunk."""
-        summaries = []  # kept on the device: one transfer per step, not per chunk
-        for block in self.blocks:
+        def update_block(block: Block) -> list[torch.Tensor]:
+            summaries = []
             flat = block.param.data.view(-1)
             hessian = self.state[block.param]["hessian"].view(-1)
             for span, z in self.directions.spans(block.param, seed, block.index):
@@ -112,8 +113,11 @@ class HiZOO(ZerothOrderOptimizer):
                 h.copy_(updated)
                 z.div_(h.float().sqrt())
                 flat[span].add_(z, alpha=-block.group["lr"] * projected_grad)
-                summaries.append(torch.stack([updated.sum(), updated.min(), updated.max()]).cpu())
-        return summaries
+                summaries.append(torch.stack([updated.sum(), updated.min(), updated.max()]))
+            return summaries
+        # one (sum, min, max) per chunk, in block order; one device-to-host transfer per step
+        rows = [row for rows in self.for_each_block(update_block) for row in rows]
+        return list(torch.stack(rows).cpu()) if rows else []
 
     @torch.no_grad()
     def step(self, closure: Callable[[], torch.Tensor]) -> float:  # type: ignore[override]

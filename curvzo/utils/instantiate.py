@@ -6,6 +6,7 @@ change and turns instantiation failures into one-line ``ConfigError``s.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import hydra.utils
@@ -14,7 +15,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from curvzo.errors import ConfigError, CurvzoError
 
-ALLOWED_TARGET_PREFIXES = ("curvzo.", "torch.optim.", "transformers.", "peft.")
+# Our own classes, torch optimizers, and the config classes of transformers/peft (architectures and
+# adapters); nothing else a config could name (os.system, builtins.eval, ...) is ever imported.
+_ALLOWED = re.compile(r"^(curvzo\.[\w.]+|torch\.optim\.[\w.]+|(transformers|peft)\.\w+Config)$")
 
 
 def _targets(node: Any, path: str = "") -> list[tuple[str, str]]:
@@ -35,8 +38,9 @@ def _targets(node: Any, path: str = "") -> list[tuple[str, str]]:
 def check_targets(node: DictConfig, where: str) -> None:
     """Refuse ``_target_``s outside the allow-list before anything is imported."""
     for key, target in _targets(OmegaConf.to_container(node, resolve=False)):
-        if not target.startswith(ALLOWED_TARGET_PREFIXES):
-            raise ConfigError(f"{where}.{key}: '{target}' is not an allowed target (allowed: {', '.join(ALLOWED_TARGET_PREFIXES)})")
+        if not _ALLOWED.match(target):
+            raise ConfigError(f"{where}.{key}: {target!r} is not an allowed target (allowed: curvzo.*, torch.optim.*, "
+                              f"transformers.*Config, peft.*Config)")
 
 
 def instantiate(node: DictConfig, where: str, *args: Any, **kwargs: Any) -> Any:
