@@ -231,6 +231,7 @@ def run_job(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         set_direction_workers(optimizer, cfg.direction_workers)
     scheduler = build_scheduler(cfg, optimizer, settings.max_steps)
     forward_only = getattr(optimizer, "forward_only", False)
+    torch.manual_seed(cfg.seed)  # dropout in first-order steps (ZO probes run in eval mode); a resume restores it
     if checkpoint is not None:
         how = restore(checkpoint, params, optimizer, scheduler)
         log.info("resuming %s after step %d (weights %s, fingerprint verified)", output_dir, checkpoint.step, how)

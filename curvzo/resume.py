@@ -90,7 +90,10 @@ def weights_fingerprint(params: list[torch.Tensor], optimizer) -> str:
 def build_checkpoint(step: int, loop_state: dict, *, identity: dict, data_fingerprint: str, start_fingerprint: str,
                      params: list[torch.Tensor], optimizer, store_weights: bool) -> Checkpoint:
     """The checkpoint of a live run after ``step`` (tensors only with ``store_weights``)."""
-    tensors: dict[str, torch.Tensor] = {}
+    # the global RNGs drive dropout in first-order training (ZO probes run in eval mode): a few KB
+    tensors: dict[str, torch.Tensor] = {"rng.cpu": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        tensors.update({f"rng.cuda.{i}": state for i, state in enumerate(torch.cuda.get_rng_state_all())})
     skeleton = None
     if store_weights:
         tensors.update({f"param.{i}": p.detach() for i, p in enumerate(params)})
@@ -123,6 +126,11 @@ def restore(checkpoint: Checkpoint, params: list[torch.Tensor], optimizer, sched
         how = "replayed"
     else:
         raise CheckpointError("checkpoint has no weights, and a first-order run cannot be replayed")
+    if "rng.cpu" in checkpoint.tensors:
+        torch.set_rng_state(checkpoint.tensors["rng.cpu"])
+    cuda_states = [checkpoint.tensors[k] for k in sorted(checkpoint.tensors) if k.startswith("rng.cuda.")]
+    if cuda_states and torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda_states)
     for group, lr in zip(optimizer.param_groups, checkpoint.loop["lrs"]):
         group["lr"] = lr
     if scheduler is not None and checkpoint.loop.get("scheduler") is not None:

@@ -107,6 +107,22 @@ def test_sigterm_writes_a_checkpoint_and_exits_for_requeue_and_the_requeued_job_
     assert_same_run(run_dir, uninterrupted)
 
 
+@pytest.mark.parametrize("extra", [["checkpoint.weights=true"], ["optimizer=fo_adam", "optimizer.lr=1e-3"]],
+                         ids=["zo_stored_weights", "first_order"])
+def test_resume_from_stored_weights_equals_an_uninterrupted_run(tmp_path, extra):
+    """Weights and optimizer state loaded from the checkpoint (no replay); first-order with dropout."""
+    whole, run_dir = tmp_path / "whole", tmp_path / "run"
+    assert curvzo_run(*RUN, *extra, f"hydra.run.dir={whole}").returncode == 0
+    stopped = curvzo_run(*RUN, *extra, f"hydra.run.dir={run_dir}", interrupt=(15, signal.SIGTERM))
+    assert stopped.returncode == REQUEUE_EXIT_CODE, stopped.stderr[-2000:]
+    assert any(k.startswith("param.") for k in load_checkpoint(run_dir / FILE_NAME).tensors)
+    resumed = curvzo_run(*RUN, *extra, f"hydra.run.dir={run_dir}")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, b = summary(run_dir), summary(whole)
+    assert {k: a[k] for k in SAME_METRICS} == {k: b[k] for k in SAME_METRICS}
+    assert read_header(run_dir / FILE_NAME)["weights_fingerprint"] == read_header(whole / FILE_NAME)["weights_fingerprint"]
+
+
 def test_a_checkpoint_of_another_config_is_refused_with_the_differing_key(tmp_path, uninterrupted):
     run_dir = tmp_path / "run"
     proc = curvzo_run(*RUN, "optimizer.lr=3e-4", f"hydra.run.dir={run_dir}", f"resume={uninterrupted}")
