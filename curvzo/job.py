@@ -321,19 +321,22 @@ def describe_optimizer(optimizer) -> dict[str, Any]:
     return {"state_bytes": optimizer_state_bytes(optimizer)}
 
 
+def _write_json_atomically(path: Path, value: dict[str, Any]) -> None:
+    """A temporary file, then a rename: readers never see half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(value, indent=2, default=str) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
 def write_summary(output_dir: Path, summary: dict[str, Any]) -> None:
-    """Write summary.json atomically (temporary file, then rename)."""
-    tmp = output_dir / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2, default=str) + "\n", encoding="utf-8")
-    tmp.replace(output_dir / "summary.json")
+    """Write summary.json atomically."""
+    _write_json_atomically(output_dir / "summary.json", summary)
 
 
 def write_status(run_dir: Path, status: dict) -> None:
     """``status.json``: how the job ended (the analysis lists every job not ``finished``)."""
     if run_dir.is_dir():
-        tmp = run_dir / "status.json.tmp"
-        tmp.write_text(json.dumps(status) + "\n", encoding="utf-8")
-        tmp.replace(run_dir / "status.json")
+        _write_json_atomically(run_dir / "status.json", status)
 
 
 def _flat_summary(summary: dict[str, Any]) -> dict[str, Any]:
