@@ -31,7 +31,9 @@ from curvzo.checkpoint import (
 from curvzo.data import load_splits
 from curvzo.errors import ConfigError
 from curvzo.loggers import JsonlLogger, LoggerGroup, MetricLogger, WandbLogger
-from curvzo.optim.base import default_direction_workers, optimizer_state_bytes
+from curvzo.optim.base import ZerothOrderOptimizer
+from curvzo.optim.checks import optimizer_state_bytes
+from curvzo.optim.directions import default_workers
 from curvzo.peft_modes import parameter_groups
 from curvzo.preemption import StopRequest
 from curvzo.resume import (
@@ -79,12 +81,14 @@ def _choice(cfg: DictConfig, key: str, choices: tuple[str, ...]) -> str:
     return value
 
 
-def set_direction_workers(optimizer, workers: Any) -> None:
-    """Give a ZO optimizer the config's ``direction_workers`` (0: its default, one per intra-op thread)."""
+def prepare_optimizer(optimizer, model: torch.nn.Module, workers: Any) -> None:
+    """A ZO optimizer learns which modules own its tensors (the exact probe) and gets the config's
+    ``direction_workers`` (0: one per intra-op thread, at most 4); a torch optimizer needs neither."""
     if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
         raise ConfigError(f"direction_workers must be an integer >= 0, got {workers!r}")
-    if hasattr(optimizer, "direction_workers"):
-        optimizer.direction_workers = workers or default_direction_workers()
+    if isinstance(optimizer, ZerothOrderOptimizer):
+        optimizer.bind_model(model)
+        optimizer.direction_workers = workers or default_workers()
 
 
 def trains(cfg: DictConfig) -> bool:
@@ -228,9 +232,9 @@ def run_job(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     if trains(cfg):
         weight_decay = float(cfg.optimizer.get("weight_decay", 0.0) or 0.0)
         optimizer = instantiate(optimizer_kwargs(cfg), "optimizer")(parameter_groups(model, weight_decay))
-        set_direction_workers(optimizer, cfg.direction_workers)
+        prepare_optimizer(optimizer, model, cfg.direction_workers)
     scheduler = build_scheduler(cfg, optimizer, settings.max_steps)
-    forward_only = getattr(optimizer, "forward_only", False)
+    zeroth_order = isinstance(optimizer, ZerothOrderOptimizer)
     torch.manual_seed(cfg.seed)  # dropout in first-order steps (ZO probes run in eval mode); a resume restores it
     if checkpoint is not None:
         how = restore(checkpoint, params, optimizer, scheduler)
@@ -241,12 +245,12 @@ def run_job(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     def write_checkpoint(step: int, loop_state: dict) -> None:
         saved = build_checkpoint(step, loop_state, identity=identity, data_fingerprint=data_fingerprint,
                                  start_fingerprint=start_fingerprint, params=params, optimizer=optimizer,
-                                 store_weights=cfg.checkpoint.weights or not forward_only)
+                                 store_weights=cfg.checkpoint.weights or not zeroth_order)
         log.info("checkpoint after step %d: %s", step, save_checkpoint(output_dir, saved))
 
     logger = build_loggers(cfg, output_dir)
     logger.log_config(OmegaConf.to_container(cfg, resolve=True))
-    trajectory = open(output_dir / "trajectory.jsonl", "w", encoding="utf-8") if forward_only else None
+    trajectory = open(output_dir / "trajectory.jsonl", "w", encoding="utf-8") if zeroth_order else None
     if trajectory is not None and checkpoint is not None:
         trajectory.writelines(json.dumps(record) + "\n" for record in checkpoint.trajectory)
     status = "failed"
@@ -316,7 +320,7 @@ def describe_optimizer(optimizer) -> dict[str, Any]:
     """The optimizer's own description (ZO methods), or the bytes of a torch optimizer's state."""
     if optimizer is None:
         return {}
-    if hasattr(optimizer, "describe"):
+    if isinstance(optimizer, ZerothOrderOptimizer):
         return optimizer.describe()
     return {"state_bytes": optimizer_state_bytes(optimizer)}
 

@@ -26,7 +26,9 @@ from curvzo.checkpoint import (
     tensor_fingerprint,
     unpack_state,
 )
+from curvzo.optim.base import ZerothOrderOptimizer
 from curvzo.optim.replay import replay_from_losses
+from curvzo.optim.streams import check_contract
 
 log = logging.getLogger(__name__)
 
@@ -101,13 +103,20 @@ def build_checkpoint(step: int, loop_state: dict, *, identity: dict, data_finger
     return Checkpoint(
         step=step, identity=identity, data_fingerprint=data_fingerprint, start_fingerprint=start_fingerprint,
         weights_fingerprint=weights_fingerprint(params, optimizer), loop=loop_state,
-        trajectory=list(getattr(optimizer, "trajectory", [])), optimizer_skeleton=skeleton, tensors=tensors,
+        trajectory=list(optimizer.trajectory) if isinstance(optimizer, ZerothOrderOptimizer) else [],
+        optimizer_skeleton=skeleton, tensors=tensors,
     )
 
 
 @torch.no_grad()
 def restore(checkpoint: Checkpoint, params: list[torch.Tensor], optimizer, scheduler) -> str:
     """Bring weights, optimizer and scheduler to the checkpoint's step; returns how ("loaded"/"replayed")."""
+    zeroth_order = isinstance(optimizer, ZerothOrderOptimizer)
+    if zeroth_order:
+        try:
+            check_contract(checkpoint.trajectory, "the checkpoint's trajectory")
+        except ValueError as err:
+            raise CheckpointError(str(err)) from None
     if checkpoint.has_weights():
         for i, p in enumerate(params):
             saved = checkpoint.tensors.get(f"param.{i}")
@@ -115,10 +124,10 @@ def restore(checkpoint: Checkpoint, params: list[torch.Tensor], optimizer, sched
                 raise CheckpointError(f"checkpoint weights do not fit trainable tensor {i} {tuple(p.shape)}")
             p.copy_(saved)
         optimizer.load_state_dict(unpack_state(checkpoint.optimizer_skeleton, checkpoint.tensors))
-        if hasattr(optimizer, "trajectory"):
+        if zeroth_order:
             optimizer.trajectory = list(checkpoint.trajectory)
         how = "loaded"
-    elif getattr(optimizer, "forward_only", False):
+    elif zeroth_order:
         replay_from_losses(optimizer, checkpoint.trajectory)
         if _as_json(optimizer.trajectory) != _as_json(checkpoint.trajectory):
             raise CheckpointError("replaying the checkpoint's trajectory gave other steps than it recorded "

@@ -23,13 +23,11 @@ from tqdm.auto import tqdm
 from curvzo.example import Example
 from curvzo.loggers import MetricLogger
 from curvzo.objectives import CandidateClassification
-from curvzo.optim.directions import mix64
+from curvzo.optim.base import ZerothOrderOptimizer
+from curvzo.optim.streams import Stream, stream_seed
 from curvzo.preemption import Preempted, StopRequest
 
 log = logging.getLogger(__name__)
-
-_DATA_ORDER_STREAM = 2  # sub-stream tag of the training data order (see optim.base._STEP_STREAM)
-_EXTRA_BATCH_STREAM = 4  # a second, independent data order for optimizers' extra probes (DiZO)
 
 
 @dataclass(frozen=True)
@@ -77,9 +75,9 @@ def evaluate(model, tokenizer, objective, examples: Sequence[Example], batch_siz
 
 
 def training_batches(examples: Sequence[Example], batch_size: int, seed: int,
-                     stream: int = _DATA_ORDER_STREAM) -> Iterator[list[Example]]:
+                     stream: Stream = Stream.DATA_ORDER) -> Iterator[list[Example]]:
     """Endless seeded epochs of shuffled minibatches (the last batch of an epoch may be short)."""
-    rng = np.random.default_rng(mix64(seed, stream))
+    rng = np.random.default_rng(stream_seed(seed, stream))
     while True:
         order = rng.permutation(len(examples))
         for start in range(0, len(order), batch_size):
@@ -99,6 +97,7 @@ class TrainingLoop:
         self.model, self.tokenizer, self.device = model, tokenizer, device
         self.objective = objective if objective is not None else CandidateClassification()
         self.optimizer, self.scheduler = optimizer, scheduler
+        self.zeroth_order = isinstance(optimizer, ZerothOrderOptimizer)  # else a torch optimizer fed by backward
         self.splits, self.settings, self.logger, self.seed = splits, settings, logger, seed
         self.trajectory_file = trajectory_file
         self.checkpoint_every, self.save_checkpoint, self.stop = checkpoint_every, save_checkpoint, stop
@@ -152,7 +151,7 @@ class TrainingLoop:
         the first ``skip`` batches (drawn before a checkpoint) are passed over without encoding."""
         s = self.settings
         for drawn, examples in enumerate(training_batches(self.splits.train, s.batch_size, self.seed,
-                                                          _EXTRA_BATCH_STREAM)):
+                                                          Stream.EXTRA_BATCHES)):
             if drawn < skip:
                 continue
             self._extra_batches_drawn = drawn + 1
@@ -201,9 +200,8 @@ class TrainingLoop:
         if self.optimizer is None:
             self.result.train_time_s = time.perf_counter() - self._start
             return self.result
-        forward_only = getattr(self.optimizer, "forward_only", False)
-        if getattr(self.optimizer, "wants_extra_batches", False):
-            self.optimizer.extra_closures = self._extra_closures(skip=resume.get("extra_batches", 0))
+        if self.zeroth_order and self.optimizer.uses_extra_batches:
+            self.optimizer.set_extra_batches(self._extra_closures(skip=resume.get("extra_batches", 0)))
             self._extra_batches_drawn = resume.get("extra_batches", 0)
         batches = training_batches(self.splits.train, s.batch_size, self.seed)
         first = resume.get("step", 0) + 1
@@ -217,12 +215,12 @@ class TrainingLoop:
                 passes_before = self.result.forward_passes
                 examples = next(batches)
                 batch = self._batch(examples)
-                loss = self._zo_step(batch) if forward_only else self._first_order_step(batch)
+                loss = self._zo_step(batch) if self.zeroth_order else self._first_order_step(batch)
                 lr = float(self.optimizer.param_groups[0]["lr"])
                 if self.scheduler is not None:
                     self.scheduler.step()
                 self.result.steps = step
-                streak = streak + 1 if not math.isfinite(loss) else 0
+                streak = self._nonfinite_streak(streak, loss)
                 step_time = time.perf_counter() - t0
                 self.result.step_time_s += step_time
                 self._log_step(step, loss, lr, step_time)
@@ -254,10 +252,16 @@ class TrainingLoop:
             self.result.status = "preempted"
             raise Preempted(signum, step)
 
+    def _nonfinite_streak(self, streak: int, loss: float) -> int:
+        """Steps in a row whose loss was not finite; an empty ZO step (no forward pass) neither adds nor resets."""
+        if not self.zeroth_order:
+            return streak + 1 if not math.isfinite(loss) else 0
+        outcome = self.optimizer.last_outcome
+        return streak + 1 if outcome == "skipped" else streak if outcome == "empty" else 0
+
     def _next_step_cost(self) -> int:
         """Forward passes the next step will spend: the optimizer says (DiZO's vary); a first-order step is 1."""
-        ask = getattr(self.optimizer, "forward_passes_next_step", None)
-        return ask() if callable(ask) else 1
+        return self.optimizer.forward_passes_next_step() if self.zeroth_order else 1
 
     def _eval_due(self, step: int, passes_before: int) -> bool:
         """On the step cadence, or each time the forward-pass count crosses a multiple of its cadence."""
@@ -270,12 +274,12 @@ class TrainingLoop:
         return self.result.forward_passes // every > passes_before // every
 
     def _log_step(self, step: int, loss: float, lr: float, step_time: float) -> None:
-        stats = dict(getattr(self.optimizer, "last_stats", {}) or {})
+        stats = dict(self.optimizer.last_stats) if self.zeroth_order else {}
         stats.setdefault("train/loss", loss)
         stats.setdefault("zo/projected_grad", None)
         stats["zo/forward_passes"] = self.result.forward_passes
         stats["zo/skipped_steps"] = self.result.skipped_steps
-        if self.trajectory_file is not None and getattr(self.optimizer, "trajectory", None):
+        if self.trajectory_file is not None and self.zeroth_order and self.optimizer.trajectory:
             self.trajectory_file.write(json.dumps(self.optimizer.trajectory[-1]) + "\n")
             self.trajectory_file.flush()
         if step % self.settings.log_every == 0 or step == self.settings.max_steps:

@@ -63,12 +63,18 @@ def test_reference_step_gives_our_losses_and_update(name):
     assert ours.forward_passes == ref.forward_passes == 6
 
 
-def _row(method, forward_s, peak, step_s=None, passes=None):
-    row = {"method": method, "device": "cpu", "dtype": "float32", "tokens": 100, "forward_s": forward_s,
-           "peak_mem_gb": peak, "peak_mem_kind": "cpu_peak_rss"}
+def _row(method, forward_s, peak, step_s=None, passes=None, dtype="float32", probe=None):
+    row = {"method": method, "device": "cpu", "dtype": dtype, "tokens": 100, "forward_s": forward_s,
+           "peak_mem_gb": peak, "peak_mem_kind": "cpu_peak_rss", "probe": probe}
     if step_s is not None:
-        row.update(step_s=step_s, forward_passes_per_step=passes)
+        row.update(step_s=step_s, forward_passes_per_step=passes, probe=probe or "exact")
     return row
+
+
+def _markdown(rows: list[dict]) -> str:
+    return to_markdown({"machine": {"cpu": "x", "cores": 2, "torch_threads": 2, "gpu": None, "torch": "t", "python": "p"},
+                        "command": "c", "model": "m", "task": "sst2", "batch_size": 16, "repeats": 1, "steps": 1,
+                        "rows": rows})
 
 
 def test_ratios_and_targets_in_the_report():
@@ -78,26 +84,39 @@ def test_ratios_and_targets_in_the_report():
     assert by["mezo"]["overhead"] == pytest.approx(1.2) and by["mezo"]["speedup_vs_reference"] == pytest.approx(2.5)
     assert by["mezo"]["memory_ratio"] == pytest.approx(1.05) and by["mezo"]["tokens_per_s"] == pytest.approx(200 / 1.2)
     assert by["inference"]["tokens_per_s"] == pytest.approx(200)
-    text = to_markdown({"machine": {"cpu": "x", "cores": 2, "torch_threads": 2, "gpu": None, "torch": "t",
-                                    "python": "p"}, "command": "c", "model": "m", "task": "sst2", "batch_size": 16,
-                        "repeats": 1, "steps": 1, "rows": rows})
-    assert "| mezo | 2 | 0.500 | 1.200 | 1.20 | 1.05 | 1.05 | 167 | 2.50 |" in text
-    assert "2.50x faster (goal >= 2.5x): met" in text
-    assert "1.20 (goal <= 1.3 on cpu): met" in text
+    text = _markdown(rows)
+    assert "| mezo | float32 | exact | 2 | 0.500 | 1.200 | 1.20 | 1.05 | 1.05 | 167 | 2.50 | — |" in text
+    assert "[float32] MeZO step vs reference step: 2.50x faster (goal >= 2.5x): met" in text
+    assert "[float32] MeZO step / (2 x forward): 1.20 (goal <= 1.3 on cpu): met" in text
     assert "CurvZO step 1.300 s vs MeZO 1.200 s (goal: never slower): **not met**" in text
+
+
+def test_ratios_use_the_inference_row_of_their_own_dtype_and_compare_with_float32():
+    rows = with_ratios([_row("inference", 1.0, 1.0), _row("mezo", 1.0, 1.05, 3.0, 2),
+                        _row("mezo", 1.0, 1.05, 3.3, 2, probe="inplace"),
+                        _row("inference", 0.5, 0.6, dtype="bfloat16"), _row("mezo", 0.5, 0.63, 1.5, 2, dtype="bfloat16"),
+                        _row("mezo", 0.5, 0.65, 2.0, 2, dtype="bfloat16", probe="inplace")])
+    half = [r for r in rows if r["dtype"] == "bfloat16" and r["method"] == "mezo"]
+    assert [r["memory_ratio"] for r in half] == pytest.approx([1.05, 0.65 / 0.6])
+    assert [r["speedup_vs_float32"] for r in half] == pytest.approx([2.0, 3.3 / 2.0])  # same probe in float32
+    text = _markdown(rows)
+    assert "[bfloat16] MeZO step 2.00x faster than float32 (goal >= 1.8x on cpu): met" in text
+    assert "[float32] MeZO exact probe 3.000 s vs in-place 3.300 s (goal: not slower): met" in text
+    assert "[bfloat16] MeZO step / (2 x forward): 1.50 (goal <= 1.3 on cpu): **not met**" in text
 
 
 def test_bench_writes_json_and_table(tmp_path, shared_data_dir):
     out = tmp_path / "bench"
-    code = bench_main(["--out", str(out), "--model", "tiny-opt", "--methods", "reference,mezo", "--repeats", "1",
-                       "--steps", "1", "--data-dir", str(shared_data_dir)])
+    code = bench_main(["--out", str(out), "--model", "tiny-opt", "--methods", "reference,mezo,mezo:inplace", "--repeats",
+                       "1", "--steps", "1", "--data-dir", str(shared_data_dir)])
     assert code == 0
     result = json.loads((out / "bench.json").read_text())
-    assert [r["method"] for r in result["rows"]] == ["inference", "reference", "mezo"]
+    assert [(r["method"], r["probe"]) for r in result["rows"]] == [("inference", None), ("reference", None),
+                                                                    ("mezo", "exact"), ("mezo", "inplace")]
     mezo = result["rows"][2]
     assert mezo["forward_passes_per_step"] == 2 and mezo["batch_size"] == 16 and mezo["step_s"] > 0
     assert result["rows"][1]["sequences"] == 32 and mezo["sequences"] <= 32  # a sequence per candidate in the reference
-    assert "| mezo | 2 |" in (out / "bench.md").read_text()
+    assert "| mezo | float32 | exact | 2 |" in (out / "bench.md").read_text()
 
 
 def test_a_failed_measurement_is_one_line_and_the_others_are_kept(tmp_path, shared_data_dir, capsys):
@@ -111,3 +130,16 @@ def test_a_failed_measurement_is_one_line_and_the_others_are_kept(tmp_path, shar
     # curvzo_uniform has no tuned lr: measured at a stand-in lr, since the lr does not change a step's cost
     assert [r["method"] for r in result["rows"]] == ["inference", "curvzo_uniform"] and len(result["failed"]) == 1
     assert "Failed measurements:\n- fo_adam: " in (out / "bench.md").read_text()
+
+
+def test_dtypes_probes_and_method_probes_make_the_plan():
+    from curvzo.bench.__main__ import parse_args
+
+    args = parse_args(["--out", "x", "--dtypes", "float32,bfloat16", "--probes", "exact,inplace",
+                       "--methods", "reference,mezo,curvzo:exact"])
+    assert args.dtypes == ["float32", "bfloat16"]
+    assert args.plan == [("reference", None), ("mezo", "exact"), ("mezo", "inplace"), ("curvzo", "exact")]
+    with pytest.raises(SystemExit):
+        parse_args(["--out", "x", "--methods", "mezo:sideways"])
+    with pytest.raises(SystemExit):
+        parse_args(["--out", "x", "--probes", "exactly"])

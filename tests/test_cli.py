@@ -190,6 +190,25 @@ def test_every_method_runs_the_smoke_job_and_counts_its_forward_passes(tmp_path,
     assert summary["optimizer_info"]["state_bytes"] >= 0
 
 
+ZO_METHODS = ("mezo", "curvzo", "sparse_mezo", "hizoo", "loren", "dizo", "zo_sgd_momentum", "zo_adam")
+
+
+def test_every_zo_method_trains_tiny_llama_in_bfloat16_with_exact_probes_and_stochastic_rounding(tmp_path,
+                                                                                               shared_data_dir):
+    sweep = tmp_path / "sweep"
+    proc = curvzo_run("-m", "model=tiny-llama", "model.dtype=bfloat16", "task=sst2", f"optimizer={','.join(ZO_METHODS)}",
+                      "budget=smoke", f"paths.data_dir={shared_data_dir}", f"hydra.sweep.dir={sweep}", "logger=jsonl",
+                      timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for i, method in enumerate(ZO_METHODS):
+        summary = json.loads((sweep / str(i) / "summary.json").read_text())
+        assert summary["status"] == "finished" and summary["optimizer"] == method and summary["steps"] == 4
+        info = summary["optimizer_info"]
+        assert (info["probe"], info["update_rounding"], info["rng_contract"]) == ("exact", "auto", 2)
+        config = (sweep / str(i) / "config.yaml").read_text()
+        assert "dtype: bfloat16" in config and "probe: exact" in config
+
+
 def test_dizo_projection_spends_its_probes_on_fresh_batches(tmp_path, shared_data_dir):
     out = tmp_path / "run"
     proc = curvzo_run("model=tiny-opt", "task=sst2", "optimizer=dizo", "optimizer.interval=2",

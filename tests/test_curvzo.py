@@ -197,15 +197,32 @@ def test_exploration_floor_bounds_the_ht_factor():
     assert opt.last_stats["curvzo/d_eff"] < 3  # the scores did concentrate on the big block
 
 
-def test_energy_is_read_from_the_perturbation_pass():
-    from curvzo.optim.directions import DirectionSampler
+def test_the_score_shares_delta_squared_by_the_energy_of_each_blocks_own_z():
+    params, curvature, target = problem(seed=3)
+    opt = CurvZO(params, lr=1e-3, eps=1e-3, seed=5, sampling="uniform", budget_mode="fixed", fixed_fraction=1.0,
+                 score_beta=1.0)  # every block selected; S_b becomes this step's sample
+    opt.step(quadratic(params, curvature, target))
+    delta = opt.trajectory[-1]["projected_grad"]
+    seed = opt.step_seed(0)
+    energy = torch.tensor([opt.directions.squared_norm(b.param, seed, b.index) for b in opt.blocks], dtype=torch.float64)
+    torch.testing.assert_close(opt.scores.double(), delta**2 * energy / energy.sum(), rtol=1e-5, atol=0)
 
-    sampler = DirectionSampler(chunk_numel=7)
-    a, b = torch.zeros(20), torch.zeros(20)
-    energy = sampler.add_with_squared_norm_(a, seed=9, block=2, alpha=0.5)
-    sampler.add_(b, seed=9, block=2, alpha=0.5)
-    assert torch.equal(a, b)
-    assert energy == pytest.approx(sampler.squared_norm(b, seed=9, block=2), rel=1e-6)
+
+def test_an_empty_draw_makes_no_forward_pass_and_no_update_and_keeps_the_estimate_unbiased():
+    # two blocks with pi = 0.1 each: 81 % of the draws are empty. The old fallback forced the block of
+    # largest pi in (weighted 1/pi), 1 + P(empty)/pi = 9.1 times too large; skipping keeps E[m/pi] = 1.
+    params = make_blocks(sizes=(3, 2), seed=1)
+    curvature, target = [2.0, 0.5], [torch.zeros(3, dtype=torch.float64), torch.zeros(2, dtype=torch.float64)]
+    opt = CurvZO(params, lr=1.0, eps=1e-3, seed=0, sampling="uniform", budget_mode="fixed", fixed_fraction=0.1)
+    closure = quadratic(params, curvature, target)
+    mean, updates = mean_update(opt, params, closure, 40_000, opt.scores.clone())
+    empty = sum(1 for r in opt.trajectory if r.get("empty"))
+    assert abs(empty / 40_000 - 0.81) < 0.01
+    assert opt.forward_passes == 2 * (40_000 - empty)  # an empty step spends nothing
+    truth = true_gradient(params, curvature, target)
+    stderr = updates.std(0) / math.sqrt(updates.shape[0])
+    assert torch.all((mean - truth).abs() <= 4 * stderr), (mean, truth, stderr)
+    assert torch.all(8.1 * truth.abs() > 10 * stderr)  # the old fallback's bias, 8.1 g, would stand out by > 10 SE
 
 
 def test_diagnostics_are_consistent():

@@ -113,7 +113,7 @@ def test_projection_probes_draw_fresh_batches():
             yield loss_of(named, seed=10 + len(drawn))
 
     opt = DiZO(named, lr=0.05, interval=2, inner_iterations=3, seed=0)
-    opt.extra_closures = fresh()
+    opt.set_extra_batches(fresh())
     for _ in range(4):
         opt.step(loss_of(named))
     assert len(drawn) == 2 * 3  # J fresh minibatches per projection

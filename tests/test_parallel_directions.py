@@ -1,4 +1,4 @@
-"""Drawing z for several blocks on worker threads: bit-identical to one thread, for every method."""
+"""Drawing the sub-chunks of z (and the rounding bits) on worker threads: bit-identical to one thread, every method."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from curvzo.optim import CurvZO, MeZO
 from curvzo.optim.directions import DirectionSampler
 from curvzo.optim.dizo import DiZO
 from curvzo.optim.hizoo import HiZOO
+from curvzo.optim.loren import LOREN
 from curvzo.optim.sparse_mezo import SparseMeZO
 from curvzo.optim.zo_adam import ZOAdam
 from curvzo.optim.zo_sgd_momentum import ZOSGDMomentum
@@ -18,7 +19,7 @@ from tests.helpers import net_loss
 
 
 def _net(seed: int) -> torch.nn.Module:
-    """Eight blocks, several of them longer than the 64-number test chunk."""
+    """Eight blocks, several of them longer than the 64-number test sub-chunk."""
     torch.manual_seed(seed)
     return torch.nn.Sequential(torch.nn.Linear(8, 24), torch.nn.Tanh(), torch.nn.Linear(24, 24), torch.nn.Tanh(),
                                torch.nn.Linear(24, 24), torch.nn.Tanh(), torch.nn.Linear(24, 1))
@@ -37,24 +38,26 @@ METHODS = {
     "hizoo": lambda g: HiZOO(g, lr=1e-3, eps=1e-3, seed=3),
     "zo_sgd_momentum": lambda g: ZOSGDMomentum(g, lr=1e-2, eps=1e-3, momentum=0.9, seed=3),
     "zo_adam": lambda g: ZOAdam(g, lr=1e-3, eps=1e-3, seed=3),
-    "dizo": lambda g: DiZO(g, lr=1e-2, eps=1e-3, seed=3),
+    "dizo": lambda g: DiZO(g, lr=1e-2, eps=1e-3, seed=3, interval=2, inner_iterations=2),
+    "loren": lambda g: LOREN(g, lr=1e-3, eps=1e-3, num_queries=3, seed=3),
 }
 
 
-def _run(make, workers: int, steps: int = 5):
-    net = _net(seed=1)
+def _run(make, workers: int, steps: int = 5, dtype=torch.float32):
+    net = _net(seed=1).to(dtype)
     opt = make(_groups(net))
-    opt.directions = DirectionSampler(chunk_numel=64)  # several chunks per block, each drawn on its thread
+    opt.directions = DirectionSampler(sub_chunk=64, span=256)  # several seeded sub-chunks per span, one per thread
     opt.direction_workers = workers
     loss = net_loss(net)
     losses = [opt.step(loss) for _ in range(steps)]
     return net, opt, losses
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("name", sorted(METHODS))
-def test_worker_threads_give_bit_identical_weights_state_and_trajectory(name):
-    serial_net, serial, serial_losses = _run(METHODS[name], workers=1)
-    threaded_net, threaded, threaded_losses = _run(METHODS[name], workers=3)
+def test_worker_threads_give_bit_identical_weights_state_and_trajectory(name, dtype):
+    serial_net, serial, serial_losses = _run(METHODS[name], workers=1, dtype=dtype)
+    threaded_net, threaded, threaded_losses = _run(METHODS[name], workers=3, dtype=dtype)
     assert serial_losses == threaded_losses
     for a, b in zip(serial_net.parameters(), threaded_net.parameters()):
         assert torch.equal(a, b)
@@ -63,20 +66,22 @@ def test_worker_threads_give_bit_identical_weights_state_and_trajectory(name):
             other = threaded.state[q][key]
             assert torch.equal(value, other) if isinstance(value, torch.Tensor) else value == other
     assert serial.trajectory == threaded.trajectory
-    assert not torch.equal(next(serial_net.parameters()), next(_net(seed=1).parameters()))  # it moved
+    start = _net(seed=1).to(dtype)
+    assert any(not torch.equal(p, q) for p, q in zip(serial_net.parameters(), start.parameters()))  # it moved
 
 
 def test_several_threads_draw_directions(monkeypatch):
     threads = set()
-    original = DirectionSampler.spans
+    original = DirectionSampler._draw
 
-    def spans(self, tensor, seed, block):
+    def draw(self, piece, seed):
         threads.add(threading.current_thread().name)
-        return original(self, tensor, seed, block)
+        return original(self, piece, seed)
 
-    monkeypatch.setattr(DirectionSampler, "spans", spans)
+    monkeypatch.setattr(DirectionSampler, "_draw", draw)
     _run(METHODS["mezo"], workers=3, steps=3)
-    assert len(threads) > 1 and all(name.startswith("curvzo-z") for name in threads)
+    assert len(threads) > 1 and all(name.startswith("curvzo-rng") or name == threading.current_thread().name
+                                    for name in threads)
     threads.clear()
     _run(METHODS["mezo"], workers=1, steps=1)
     assert threads == {threading.current_thread().name}  # one worker: no pool, the caller's thread
@@ -84,13 +89,14 @@ def test_several_threads_draw_directions(monkeypatch):
 
 def test_direction_workers_from_the_config_must_be_a_positive_integer():
     from curvzo.errors import ConfigError
-    from curvzo.job import set_direction_workers
+    from curvzo.job import prepare_optimizer
 
-    opt = METHODS["mezo"](_groups(_net(seed=0)))
-    set_direction_workers(opt, 2)
+    net = _net(seed=0)
+    opt = METHODS["mezo"](_groups(net))
+    prepare_optimizer(opt, net, 2)
     assert opt.direction_workers == 2
-    set_direction_workers(opt, 0)  # 0: the default, one per intra-op thread (at most 4)
+    prepare_optimizer(opt, net, 0)  # 0: the default, one per intra-op thread (at most 4)
     assert 1 <= opt.direction_workers <= 4
     for bad in (-1, 1.5, "two", True):
         with pytest.raises(ConfigError, match="direction_workers"):
-            set_direction_workers(opt, bad)
+            prepare_optimizer(opt, net, bad)

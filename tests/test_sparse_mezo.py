@@ -32,7 +32,7 @@ def test_one_step_matches_the_hand_computation_across_chunk_boundaries():
     theta, a, b, loss = quadratic(dim=101, seed=2)
     start = theta.detach().clone()
     opt = SparseMeZO([theta], lr=0.01, eps=1e-3, keep=0.3, seed=1)
-    opt.directions = DirectionSampler(chunk_numel=16)  # 7 chunks: the mask slices must line up with z's
+    opt.directions = DirectionSampler(sub_chunk=16, span=32)  # 4 spans: the mask slices must line up with z's
     mask = (start.abs().float() <= magnitude_threshold(start, 0.3)).double()
     z = mask * opt.directions.direction(theta, opt.step_seed(0), 0).double()
     opt.step(loss)

@@ -1,6 +1,7 @@
 """The speed and memory benchmark: ``make bench`` / ``make bench-quick OUT=<dir>``.
 
     python -m curvzo.bench --out outputs/bench                  # SmolLM2-135M, SST-2, batch 16, every ZO method
+    python -m curvzo.bench --out outputs/bench --dtypes float32,bfloat16 --probes exact,inplace --methods mezo,curvzo
     python -m curvzo.bench --out outputs/bench-quick --model tiny-opt --methods reference,mezo,curvzo --repeats 2 --steps 2
 
 Every measurement (inference, the reference MeZO step, each optimizer) runs in a fresh process,
@@ -17,6 +18,7 @@ import sys
 from pathlib import Path
 
 from curvzo.bench.report import machine_info, to_markdown, with_ratios
+from curvzo.optim.probe import PROBES
 
 # Every forward-only method; fo_adam (backpropagation) is not a ZO step and is left out.
 ZO_METHODS = ("mezo", "curvzo", "curvzo_uniform", "curvzo_fixed", "sparse_mezo", "hizoo", "dizo", "loren",
@@ -28,9 +30,9 @@ class BenchError(Exception):
     """A measurement process failed; the message is its last line of output."""
 
 
-def run_measurement(method: str, overrides: list[str], repeats: int, steps: int) -> dict:
+def run_measurement(method: str, overrides: list[str], repeats: int, steps: int, probe: str | None = None) -> dict:
     """Run :func:`curvzo.bench.measure.measure` in a child process and return its JSON."""
-    spec = json.dumps({"method": method, "overrides": overrides, "repeats": repeats, "steps": steps})
+    spec = json.dumps({"method": method, "overrides": overrides, "repeats": repeats, "steps": steps, "probe": probe})
     proc = subprocess.run([sys.executable, "-m", "curvzo.bench.measure", spec], capture_output=True, text=True,
                           check=False)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
@@ -47,14 +49,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--task", default="sst2", help="conf/task/<name>.yaml (default sst2)")
     parser.add_argument("--batch-size", type=int, default=16, help="training examples per step (default 16, MeZO)")
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
-                        help="comma-separated: reference and/or optimizer config names (default: all ZO methods)")
+                        help="comma-separated: reference and/or optimizer config names, each optionally with its probe "
+                             "(mezo:inplace); default: all ZO methods")
     parser.add_argument("--repeats", type=int, default=5, help="timed forward passes (median; default 5)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per method (median; default 5)")
     parser.add_argument("--data-dir", default="../shared/data", help="paths.data_dir (default ../shared/data)")
+    parser.add_argument("--dtypes", default="",
+                        help="comma-separated model dtypes, each measured in full (e.g. float32,bfloat16; default: the "
+                             "model config's)")
+    parser.add_argument("--probes", default="exact",
+                        help="comma-separated ZO probes for the methods named without one: exact and/or inplace "
+                             "(default exact)")
     parser.add_argument("overrides", nargs="*", help="further config overrides, e.g. model.dtype=bfloat16")
     args = parser.parse_args(argv)
     if args.batch_size < 1 or args.repeats < 1 or args.steps < 1:
         parser.error("--batch-size, --repeats and --steps must be positive integers")
+    args.probes = [p.strip() for p in args.probes.split(",") if p.strip()]
+    if not args.probes or any(p not in PROBES for p in args.probes):
+        parser.error(f"--probes takes {' and/or '.join(PROBES)}, got {','.join(args.probes) or 'nothing'}")
+    args.dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()] or [None]
+    args.plan = []  # (method, probe): the rows after each dtype's inference row
+    for token in (t.strip() for t in args.methods.split(",") if t.strip()):
+        method, _, probe = token.partition(":")
+        if probe and probe not in PROBES:
+            parser.error(f"--methods: {token!r} names probe {probe!r}; choose {' or '.join(PROBES)}")
+        probes = [None] if method == "reference" else [probe] if probe else args.probes
+        args.plan += [(method, p) for p in probes]
     return args
 
 
@@ -62,20 +82,22 @@ def main(argv: list[str] | None = None) -> int:
     """Measure, then write OUT/bench.json and OUT/bench.md; exit code 2 when a measurement failed
     (the others are still measured and written, the failures listed)."""
     args = parse_args(argv)
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     overrides = [f"model={args.model}", f"task={args.task}", "peft=full", f"paths.data_dir={args.data_dir}",
                  f"budget.batch_size={args.batch_size}", *args.overrides]
     rows, failed = [], []
-    for method in ["inference", *methods]:
-        print(f"measuring {method} ...", file=sys.stderr, flush=True)
-        try:
-            rows.append(run_measurement(method, overrides, args.repeats, args.steps))
-        except BenchError as err:
-            if method == "inference":  # every ratio needs it
-                print(f"error: {err}", file=sys.stderr)
-                return 2
-            failed.append(str(err))
-            print(f"error: {err}", file=sys.stderr)  # the other methods are still measured
+    for dtype in args.dtypes:  # each dtype is a full set of rows: its own inference yardstick
+        these = [*overrides, f"model.dtype={dtype}"] if dtype else overrides
+        for method, probe in [("inference", None), *args.plan]:
+            label = method + (f" ({probe})" if probe else "") + (f" [{dtype}]" if dtype else "")
+            print(f"measuring {label} ...", file=sys.stderr, flush=True)
+            try:
+                rows.append(run_measurement(method, these, args.repeats, args.steps, probe))
+            except BenchError as err:
+                if method == "inference":  # every ratio needs it
+                    print(f"error: {err}", file=sys.stderr)
+                    return 2
+                failed.append(str(err))
+                print(f"error: {err}", file=sys.stderr)  # the other methods are still measured
     command = " ".join(["python -m curvzo.bench", *(argv if argv is not None else sys.argv[1:])])
     result = {"machine": machine_info(), "command": command, "model": args.model, "task": args.task,
               "batch_size": args.batch_size, "repeats": args.repeats, "steps": args.steps,

@@ -24,7 +24,8 @@ from hydra import compose, initialize_config_dir
 
 from curvzo.bench.reference import ReferenceMeZO, reference_batch, reference_loss
 from curvzo.data import load_splits
-from curvzo.job import optimizer_kwargs, set_direction_workers, trains
+from curvzo.job import optimizer_kwargs, prepare_optimizer, trains
+from curvzo.optim.base import ZerothOrderOptimizer
 from curvzo.peft_modes import parameter_groups
 from curvzo.run import CONFIG_DIR
 from curvzo.train import training_batches
@@ -56,10 +57,13 @@ def compose_config(overrides: list[str]):
         return compose("config", overrides=overrides)
 
 
-def measure(method: str, overrides: list[str], repeats: int = 3, steps: int = 3) -> dict:
-    """Forward time, and for a training method step time and forward passes; peak memory throughout."""
+def measure(method: str, overrides: list[str], repeats: int = 3, steps: int = 3, probe: str | None = None) -> dict:
+    """Forward time, and for a training method step time and forward passes; peak memory throughout.
+    ``probe`` (``exact`` | ``inplace``) overrides the ZO optimizer's probe."""
     optimizer_name = "mezo" if method in ("inference", "reference") else method
     cfg = compose_config([*overrides, f"optimizer={optimizer_name}"])
+    if probe and "probe" in cfg.optimizer:  # first-order optimizers have none: they are refused below
+        cfg.optimizer.probe = probe
     if cfg.optimizer.get("lr", 0) is None:
         cfg.optimizer.lr = 1e-6  # no tuned lr for this model (e.g. the ablation arms); a step costs the same at any lr
     task = instantiate(cfg.task, "task")
@@ -85,6 +89,7 @@ def measure(method: str, overrides: list[str], repeats: int = 3, steps: int = 3)
     forward_times = timed(closure, repeats, device)
     result = {
         "method": method,
+        "probe": cfg.optimizer.get("probe") if method not in ("inference", "reference") else None,
         "device": str(device),
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
         "batch_size": len(examples),
@@ -103,11 +108,11 @@ def measure(method: str, overrides: list[str], repeats: int = 3, steps: int = 3)
                 raise ValueError(f"optimizer={method} trains nothing: benchmark a training method")
             weight_decay = float(cfg.optimizer.get("weight_decay", 0.0) or 0.0)
             optimizer = instantiate(optimizer_kwargs(cfg), "optimizer")(parameter_groups(model, weight_decay))
-            set_direction_workers(optimizer, cfg.direction_workers)
-            if not getattr(optimizer, "forward_only", False):
+            if not isinstance(optimizer, ZerothOrderOptimizer):
                 raise ValueError(f"optimizer={method} needs gradients; the benchmark measures forward-only steps")
-        if getattr(optimizer, "wants_extra_batches", False):
-            optimizer.extra_closures = itertools.repeat(closure)  # DiZO's projection batches: the same batch
+            prepare_optimizer(optimizer, model, cfg.direction_workers)
+            if optimizer.uses_extra_batches:
+                optimizer.set_extra_batches(itertools.repeat(closure))  # DiZO's projection batches: the same batch
         passes_before = optimizer.forward_passes
         step_times = timed(lambda: optimizer.step(closure), steps, device)
         result.update({

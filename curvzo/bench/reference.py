@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from curvzo.example import Example
-from curvzo.optim.base import step_seed
+from curvzo.optim.streams import step_seed
 from curvzo.optim.directions import DirectionSampler
 from curvzo.scoring import (
     ScoringBatch,
@@ -57,7 +57,6 @@ class ReferenceMeZO:
     Only for benchmarks and exactness tests: no weight decay, no NaN guard, no trajectory.
     """
 
-    forward_only = True
     forward_passes_per_step = 2
 
     def __init__(self, params: Iterable[torch.Tensor], lr: float, eps: float = 1e-3, *, seed: int = 0) -> None:

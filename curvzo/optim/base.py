@@ -1,234 +1,327 @@
-"""Shared machinery of every zeroth-order optimizer: blocks, step seeds, shifts, the NaN guard.
+"""The zeroth-order optimizer contract and the one step skeleton every method shares.
 
-A ZO optimizer is a ``torch.optim.Optimizer`` whose ``step(closure)`` calls ``closure()`` to get the
-minibatch loss (computed under ``torch.inference_mode()``, never calling backward) as many times as
-its probe needs. Blocks are the trainable tensors in parameter-group order (tied weights count
-once, optimizers.md notation). Per step the optimizer records what replays the trajectory.
+A ZO optimizer is a ``torch.optim.Optimizer`` whose ``step(closure)`` calls ``closure()`` (the
+minibatch loss under ``torch.inference_mode()``, never backward) as often as its probe needs.
+Blocks are the trainable tensors in parameter-group order (tied weights once, optimizers.md
+notation). Per-coordinate hyperparameters (``lr``, ``eps``, ``weight_decay`` and each method's own)
+live in the parameter groups, as in ``torch.optim``; settings of the whole method live on the object.
+
+What the training loop relies on, and nothing else (no attribute probing):
+
+- ``step(closure) -> float``: one step; the reported loss, NaN when none was measured.
+- ``last_outcome``: ``"updated"``, ``"skipped"`` (a non-finite probe loss: weights untouched) or
+  ``"empty"`` (a sparse method drew no block: no forward pass, no update).
+- ``forward_passes``, ``skipped_steps``, ``last_stats`` (this step's metrics), ``trajectory`` (replay records).
+- ``forward_passes_next_step()``: what the next step may spend, so a budget is never overrun.
+- ``bind_model(model)``: which modules own which tensors (the exact probe's hooks).
+- ``uses_extra_batches`` and ``set_extra_batches(closures)``: closures over fresh minibatches.
+- ``describe()``, ``state_dict()``, ``load_state_dict()``, ``direction_workers``.
+
+A method fills in the hooks of :meth:`step`: ``plan`` (which blocks, or an empty step),
+``probe`` (the losses; :meth:`two_point` by default), ``update`` (:meth:`update_pass` with a
+per-span rule) and ``finish`` (work after the update, e.g. DiZO's projection).
 """
 
 from __future__ import annotations
 
-import functools
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 
-from curvzo.errors import ConfigError
-from curvzo.optim.directions import DirectionSampler, mix64
+from curvzo.optim import rounding
+from curvzo.optim.blocks import Block, collect_blocks
+from curvzo.optim.checks import check_choice, check_nonnegative, check_positive, optimizer_state_bytes
+from curvzo.optim.directions import DISTRIBUTIONS, DirectionSampler, default_workers, give_buffer, take_buffer
+from curvzo.optim.probe import PROBES, ExactProbe, WriteFn
+from curvzo.optim.streams import RNG_CONTRACT_VERSION, step_seed
 
-_STEP_STREAM = 1  # sub-stream tag of the per-step seeds; data order and samplers use other tags
-
-
-MAX_DIRECTION_WORKERS = 4  # drawing z stops scaling past a few threads (memory bandwidth; `make bench`)
-
-
-def default_direction_workers() -> int:
-    """One worker thread per intra-op thread, capped: z is drawn by a single-threaded kernel."""
-    return max(1, min(torch.get_num_threads(), MAX_DIRECTION_WORKERS))
+Closure = Callable[[], torch.Tensor]
 
 
-@functools.cache
-def _block_executor(workers: int) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="curvzo-z")
+@dataclass
+class StepContext:
+    """What one step knows: its index and seed, the blocks it perturbs, and what it records."""
+
+    step: int
+    seed: int
+    closure: Closure
+    blocks: list[Block]
+    restore: bool = False  # in-place probe: each block holds θ_b − ε_b·d_b until the update restores it
+    plan: Any = None  # what the method's plan hook decided (CurvZO: its block draw)
+    record: dict = field(default_factory=dict)  # method extras for the trajectory record
+    stats: dict = field(default_factory=dict)  # method extras for the step's metrics
 
 
-def step_seed(run_seed: int, step: int) -> int:
-    """s_t: a pure function of (run seed, step), so any step can be regenerated or resumed."""
-    return mix64(run_seed, _STEP_STREAM, step)
+class ZerothOrderOptimizer(torch.optim.Optimizer, ABC):
+    """Base of every ZO method; see the module docstring for the contract.
 
+    Args:
+        params: tensors or parameter groups (groups may set any per-coordinate hyperparameter).
+        defaults: the per-coordinate hyperparameters, at least ``lr``, ``eps`` and ``weight_decay``.
+        seed: run seed; step t perturbs along z(s_t) with s_t = hash(seed, t).
+        probe: ``exact`` (perturbed weights materialised per module, θ never written) or ``inplace``
+            (+ε, −2ε, +ε on θ, the official codes; the restores round).
+        update_rounding: ``auto`` (stochastic into float16/bfloat16, nearest into float32),
+            ``stochastic`` or ``nearest`` (the official codes).
+        directions: ``gaussian`` (the papers) or ``rademacher`` (±1, faster to draw on CPU).
+    """
 
-@dataclass(frozen=True)
-class Block:
-    """One trainable tensor with the hyperparameters of its parameter group."""
+    uses_extra_batches: ClassVar[bool] = False  # True: the loop calls set_extra_batches (DiZO)
+    passes_per_step: ClassVar[int] = 2  # forward passes of one step (methods whose cost varies override the method)
 
-    index: int
-    param: torch.Tensor
-    group: dict
-    name: str  # from named parameters when given (``param_names``), else ``param<index>``
-
-
-def check_positive(name: str, value: float) -> float:
-    """Return ``value`` if it is a finite number > 0, else raise a one-line ConfigError."""
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"optimizer.{name} must be a finite number > 0, got {value!r}")
-    return float(value)
-
-
-def check_nonnegative(name: str, value: float) -> float:
-    """Return ``value`` if it is a finite number >= 0, else raise a one-line ConfigError."""
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
-        raise ConfigError(f"optimizer.{name} must be a finite number >= 0, got {value!r}")
-    return float(value)
-
-
-def check_fraction(name: str, value: float, *, allow_zero: bool = False) -> float:
-    """Return ``value`` if it lies in (0, 1] (or [0, 1] with ``allow_zero``), else a one-line ConfigError."""
-    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not is_number or not ((value >= 0 if allow_zero else value > 0) and value <= 1):
-        raise ConfigError(f"optimizer.{name} must be in {'[0, 1]' if allow_zero else '(0, 1]'}, got {value!r}")
-    return float(value)
-
-
-def check_choice(name: str, value: str, choices: tuple[str, ...]) -> str:
-    """Return ``value`` if it is one of ``choices``, else a one-line ConfigError listing them."""
-    if value not in choices:
-        raise ConfigError(f"optimizer.{name} must be one of {', '.join(choices)}, got {value!r}")
-    return value
-
-
-STATE_DTYPES = ("fp32", "param")  # optimizer state in float32 (our default) or in the weights' dtype (official codes)
-
-
-def state_buffer(param: torch.Tensor, state_dtype: str, fill: float = 0.0) -> torch.Tensor:
-    """A state tensor shaped like ``param``: float32 for ``fp32``, the parameter's dtype for ``param``."""
-    dtype = torch.float32 if state_dtype == "fp32" else param.dtype
-    return torch.full_like(param, fill, dtype=dtype, memory_format=torch.contiguous_format)
-
-
-def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
-    """Bytes of the tensors in any torch optimizer's per-parameter ``state``."""
-    return sum(v.numel() * v.element_size() for s in optimizer.state.values() for v in s.values()
-               if isinstance(v, torch.Tensor))
-
-
-class ZerothOrderOptimizer(torch.optim.Optimizer):
-    """Base class: seeded directions, in-place shifts, forward-pass accounting, trajectory."""
-
-    #: The training loop gives forward-only closures to optimizers that set this.
-    forward_only = True
-    #: Forward passes one ``step`` spends (methods whose cost varies override ``forward_passes_next_step``).
-    forward_passes_per_step = 2
-
-    def __init__(self, params: Any, defaults: dict, *, seed: int = 0) -> None:
-        check_positive("lr", defaults.get("lr"))
-        check_nonnegative("weight_decay", defaults.get("weight_decay", 0.0))
+    def __init__(self, params: Any, defaults: dict, *, seed: int = 0, probe: str = "exact",
+                 update_rounding: str = "auto", directions: str = "gaussian") -> None:
         super().__init__(params, defaults)
         for group in self.param_groups:
             check_positive("lr", group["lr"])
+            check_positive("eps", group["eps"])
             check_nonnegative("weight_decay", group["weight_decay"])
-        seen: set[int] = set()
-        self.blocks: list[Block] = []
-        for group in self.param_groups:
-            names = group.get("param_names") or [None] * len(group["params"])
-            for name, p in zip(names, group["params"]):
-                if id(p) in seen or not p.requires_grad:
-                    continue
-                seen.add(id(p))
-                index = len(self.blocks)
-                self.blocks.append(Block(index, p, group, name or f"param{index}"))
+        self.probe_mode = check_choice("probe", probe, PROBES)
+        self.update_rounding = check_choice("update_rounding", update_rounding, rounding.ROUNDINGS)
+        self.blocks: list[Block] = collect_blocks(self.param_groups)
         self.seed = int(seed)
-        self.directions = DirectionSampler()
-        self.direction_workers = default_direction_workers()
+        self.directions = DirectionSampler(check_choice("directions", directions, DISTRIBUTIONS), default_workers())
+        self.prober = ExactProbe()
         self.steps_taken = 0
         self.forward_passes = 0
         self.skipped_steps = 0
+        self.empty_steps = 0
         self.trajectory: list[dict] = []
         self.last_stats: dict[str, float] = {}
+        self.last_outcome = "updated"
+        self.extra_batches: Iterator[Closure] | None = None
 
-    def begin_step(self, closure: Callable[[], torch.Tensor] | None) -> tuple[int, int]:
-        """Check the closure and advance the step counter; returns (step index, step seed s_t)."""
+    # the loop's side of the contract ----------------------------------------------------------------
+    @property
+    def direction_workers(self) -> int:
+        """CPU threads that draw the pieces of z at once (the weights are the same for any number)."""
+        return self.directions.workers
+
+    @direction_workers.setter
+    def direction_workers(self, workers: int) -> None:
+        self.directions.workers = max(1, int(workers))
+
+    def bind_model(self, model: torch.nn.Module) -> None:
+        """Tell the exact probe which modules own the trainable tensors (without it, each perturbed
+        tensor is materialised whole for the length of a probe: correct, but more memory)."""
+        self.prober.bind(model, self.blocks)
+
+    def set_extra_batches(self, closures: Iterator[Closure]) -> None:
+        """Closures over fresh minibatches, drawn by methods that set ``uses_extra_batches``."""
+        self.extra_batches = closures
+
+    def forward_passes_next_step(self) -> int:
+        """What the next ``step`` spends at most."""
+        return self.passes_per_step
+
+    def step_seed(self, step: int) -> int:
+        """s_t of this run (:func:`curvzo.optim.streams.step_seed`)."""
+        return step_seed(self.seed, step)
+
+    # the step skeleton ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, closure: Closure) -> float:  # type: ignore[override]
+        """One step: plan, probe, guard, update, finish, record. Returns the reported loss (NaN if none)."""
         if closure is None:
             raise ValueError(f"{type(self).__name__}.step needs a closure that returns the minibatch loss")
         step = self.steps_taken
         self.steps_taken += 1
-        return step, self.step_seed(step)
+        ctx = StepContext(step, self.step_seed(step), closure, list(self.blocks))
+        if not self.plan(ctx):
+            return self._end_empty(ctx)
+        losses = self.probe(ctx)
+        if not all(math.isfinite(x) for x in losses):
+            if ctx.restore:
+                self.shift(ctx, +1.0)  # θ back where it was; no score, state or update changes
+            return self._end_skipped(ctx, losses)
+        self.update(ctx, losses)
+        self.finish(ctx, losses)
+        self.last_outcome = "updated"
+        loss = self.reported_loss(losses)
+        projected_grad = self.projected_grad(ctx, losses)
+        self.record(step=step, seed=ctx.seed, projected_grad=projected_grad, lr=self.lrs(), losses=list(losses),
+                    **ctx.record)
+        self.last_stats = {**self.probe_stats(loss, self.loss_plus(losses), projected_grad), **ctx.stats}
+        return loss
 
-    def forward_passes_next_step(self) -> int:
-        """What the next ``step`` will spend, so a forward-pass budget is never overrun."""
-        return self.forward_passes_per_step
+    def plan(self, ctx: StepContext) -> bool:
+        """Choose ``ctx.blocks`` (all by default); False makes this an empty step."""
+        return True
 
-    def step_seed(self, step: int) -> int:
-        """s_t of this run (:func:`step_seed`)."""
-        return step_seed(self.seed, step)
+    def probe(self, ctx: StepContext) -> list[float]:
+        """The probe losses of this step (MeZO's two-point probe by default)."""
+        return self.two_point(ctx)
 
-    def direction_chunks(self, block: Block, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(view of θ_b, float32 chunk of z_b) pairs; methods with masked directions override this."""
-        return self.directions.chunks(block.param, seed, block.index)
+    @abstractmethod
+    def update(self, ctx: StepContext, losses: list[float]) -> None:
+        """Write the step into the weights and state (and restore them first when ``ctx.restore``)."""
 
-    def for_each_block(self, fn: Callable[[Block], Any], blocks: list[Block] | None = None) -> list[Any]:
-        """``[fn(b) for b in blocks]`` (all blocks by default), results in block order.
+    def finish(self, ctx: StepContext, losses: list[float]) -> None:
+        """Work after the update (DiZO's projection); may add to ``ctx.record`` and ``ctx.stats``."""
 
-        On CPU, ``direction_workers`` threads run ``fn`` on different blocks at once: the Gaussian
-        kernel that draws z is single-threaded, and it dominates a step's overhead. z_b depends
-        only on (seed, b), each thread has its own generator, and ``fn`` must touch only its own
-        block's weights and state, so the result is bit-identical for any number of workers.
-        """
-        blocks = self.blocks if blocks is None else blocks
-        workers = min(self.direction_workers, len(blocks))
-        if workers <= 1 or blocks[0].param.device.type != "cpu":  # CUDA kernels are asynchronous already
-            return [fn(block) for block in blocks]
-        return list(_block_executor(workers).map(fn, blocks))
+    def reported_loss(self, losses: list[float]) -> float:
+        """The step's training loss: the mean of the two probes (MeZO logs ℓ+ only; we log both)."""
+        return (losses[0] + losses[1]) / 2
 
-    def shift(self, seed: int, scale: float, blocks: list[Block] | None = None) -> None:
-        """theta_b += scale * z_b for the given blocks (all by default), in place."""
-        def shift_block(block: Block) -> None:
-            for view, z in self.direction_chunks(block, seed):
-                view.add_(z, alpha=scale)
-        self.for_each_block(shift_block, blocks)
+    def loss_plus(self, losses: list[float]) -> float:
+        """ℓ+, logged as ``train/loss_plus``."""
+        return losses[0]
 
-    def two_point_probe(self, closure: Callable[[], torch.Tensor], seed: int, eps: float,
-                        blocks: list[Block] | None = None, *, restore: bool = True) -> tuple[float, float]:
-        """L(θ+εz) and L(θ−εz) along z(seed), in place (+ε, −2ε). With ``restore`` θ is shifted
-        back (+ε); without it θ is left at θ−εz for :meth:`restore_and_update` to finish."""
-        self.shift(seed, +eps, blocks)
-        loss_plus = self.probe(closure)
-        self.shift(seed, -2 * eps, blocks)
-        loss_minus = self.probe(closure)
-        if restore:
-            self.shift(seed, +eps, blocks)
-        return loss_plus, loss_minus
+    def projected_grad(self, ctx: StepContext, losses: list[float]) -> float:
+        """g = (ℓ+ − ℓ−)/(2ε) with the first group's ε (what the logs and records show)."""
+        return (losses[0] - losses[1]) / (2 * self.param_groups[0]["eps"])
 
-    def probe(self, closure: Callable[[], torch.Tensor]) -> float:
+    def _end_empty(self, ctx: StepContext) -> float:
+        self.empty_steps += 1
+        self.last_outcome = "empty"
+        self.record(step=ctx.step, seed=ctx.seed, projected_grad=None, lr=self.lrs(), losses=[], empty=True,
+                    **ctx.record)
+        self.last_stats = {"train/loss": float("nan"), "zo/forward_passes": self.forward_passes,
+                           "zo/skipped_steps": self.skipped_steps, **ctx.stats, "zo/empty_steps": self.empty_steps}
+        return float("nan")
+
+    def _end_skipped(self, ctx: StepContext, losses: list[float]) -> float:
+        self.skipped_steps += 1
+        self.last_outcome = "skipped"
+        self.record(step=ctx.step, seed=ctx.seed, projected_grad=None, lr=self.lrs(), losses=list(losses),
+                    skipped=True)
+        self.last_stats = {"train/loss": float("nan"), "zo/skipped_steps": self.skipped_steps,
+                           "zo/forward_passes": self.forward_passes,
+                           "zo/nonfinite_losses": sum(not math.isfinite(x) for x in losses)}
+        return float("nan")
+
+    # probes -----------------------------------------------------------------------------------------
+    def evaluate(self, closure: Closure) -> float:
         """Evaluate the closure once, counting the forward pass; returns a Python float."""
         self.forward_passes += 1
-        with torch.no_grad():
-            loss = closure()
-        return float(loss)
+        return float(closure())
 
-    def apply_update(self, seed: int, coefficient: float, blocks: list[Block] | None = None) -> None:
-        """theta_b <- theta_b - lr_b * (coefficient * z_b + wd_b * theta_b): the SGD step along z."""
-        def update_block(block: Block) -> None:
-            lr, wd = block.group["lr"], block.group["weight_decay"]
-            if wd:
-                block.param.data.mul_(1.0 - lr * wd)
-            for view, z in self.direction_chunks(block, seed):
-                view.add_(z, alpha=-lr * coefficient)
-        self.for_each_block(update_block, blocks)
+    def direction_pieces(self, ctx: StepContext, block: Block, fn: Callable[[slice, torch.Tensor], Any], *,
+                         into: torch.Tensor | None = None, seed: int | None = None) -> list[Any]:
+        """``fn(span, z)`` over the pieces of z_b under ``seed`` (this step's s_t by default), on the
+        drawing threads (:meth:`DirectionSampler.for_each_piece`)."""
+        return self.directions.for_each_piece(block.param, ctx.seed if seed is None else seed, block.index, fn,
+                                              into=into)
 
-    def restore_and_update(self, seed: int, eps: float, coefficient: float, blocks: list[Block] | None = None) -> None:
-        """``shift(seed, +eps)`` then ``apply_update(seed, coefficient)`` with one regeneration of z
-        instead of two. Each element sees the same operations in the same order (restore, decay,
-        update), so the weights are bit-identical to the two calls: a step draws z three times, not four."""
-        def restore_and_update_block(block: Block) -> None:
-            lr, wd = block.group["lr"], block.group["weight_decay"]
-            for view, z in self.direction_chunks(block, seed):
-                view.add_(z, alpha=eps)
-                if wd:
-                    view.mul_(1.0 - lr * wd)
-                view.add_(z, alpha=-lr * coefficient)
-        self.for_each_block(restore_and_update_block, blocks)
+    def transform(self, ctx: StepContext, block: Block, span: slice, z: torch.Tensor) -> torch.Tensor:
+        """The method's direction d_b from z_b on one piece, in place (Sparse-MeZO masks, HiZOO scales);
+        runs on the drawing threads, so it may only read shared state."""
+        return z
 
+    def two_point(self, ctx: StepContext) -> list[float]:
+        """[L(θ + εd), L(θ − εd)] over ``ctx.blocks``: exact, or in place leaving θ − εd to the update."""
+        if self.probe_mode == "exact":
+            return [self.exact_loss(ctx, +1.0), self.exact_loss(ctx, -1.0)]
+        self.shift(ctx, +1.0)
+        loss_plus = self.evaluate(ctx.closure)
+        self.shift(ctx, -2.0)
+        loss_minus = self.evaluate(ctx.closure)
+        ctx.restore = True
+        return [loss_plus, loss_minus]
+
+    def exact_loss(self, ctx: StepContext, sign: float) -> float:
+        """L(θ + sign·ε·d) with the perturbed weights materialised module by module; θ is not written."""
+        return self.evaluate(lambda: self.prober.loss(ctx.closure, ctx.blocks, self.perturbed_writer(ctx, sign)))
+
+    def perturbed_writer(self, ctx: StepContext, sign: float) -> WriteFn:
+        """``write(block, out)``: out ← θ_b + sign·ε_b·d_b, computed in float32 and rounded once."""
+        def write(block: Block, out: torch.Tensor) -> None:
+            stored = block.param.data.view(-1)
+            alpha = sign * block.group["eps"]
+
+            def piece(span: slice, z: torch.Tensor) -> None:
+                d = self.transform(ctx, block, span, z)
+                if stored.dtype not in rounding.HALF:  # float32 (z drawn straight into the scratch), float64
+                    torch.add(stored[span], d, alpha=alpha, out=out[span])
+                    return
+                work = self.fp32_copy(stored[span])
+                out[span].copy_(work.add_(d, alpha=alpha))  # rounded once to the weight dtype
+                give_buffer(work)
+
+            self.direction_pieces(ctx, block, piece, into=out if stored.dtype == torch.float32 else None)
+        return write
+
+    def shift(self, ctx: StepContext, scale: float) -> None:
+        """In place: θ_b += scale·ε_b·d_b over ``ctx.blocks``, rounded to nearest (the official codes)."""
+        for block in ctx.blocks:
+            stored = block.param.data.view(-1)
+            alpha = scale * block.group["eps"]
+
+            def piece(span: slice, z: torch.Tensor, block=block, stored=stored, alpha=alpha) -> None:
+                d = self.transform(ctx, block, span, z)
+                if stored.dtype not in rounding.HALF:
+                    stored[span].add_(d, alpha=alpha)
+                    return
+                work = self.fp32_copy(stored[span])  # float32 math, one rounding (the fast path for half weights)
+                stored[span].copy_(work.add_(d, alpha=alpha))
+                give_buffer(work)
+
+            self.direction_pieces(ctx, block, piece)
+
+    # updates ----------------------------------------------------------------------------------------
+    @staticmethod
+    def fp32_copy(values: torch.Tensor) -> torch.Tensor:
+        """A float32 copy of ``values`` in a pooled buffer (return it with ``give_buffer``)."""
+        return take_buffer(values.device, values.numel())[: values.numel()].copy_(values)
+
+    def rounding_for(self, block: Block) -> str:
+        return rounding.resolve_rounding(self.update_rounding, block.param.dtype)
+
+    def update_pass(self, ctx: StepContext, rule: Callable[[StepContext, Block, slice, torch.Tensor, torch.Tensor], Any],
+                    blocks: list[Block] | None = None, *, seed: int | None = None) -> dict[int, list[Any]]:
+        """``rule(ctx, block, span, z, work)`` on every piece of every block (``ctx.blocks`` by default):
+        z is z_b under ``seed`` (s_t by default), ``work`` θ_b's piece in float32 (θ itself for float32
+        and wider weights); afterwards ``work`` is rounded into θ as ``update_rounding`` says, with
+        rounding bits keyed by (the same seed, block, sub-chunk). Pieces run on the drawing threads,
+        so ``rule`` must touch only its piece; what it returns comes back per block, in piece order."""
+        seed = ctx.seed if seed is None else seed
+        results = {}
+        for block in ctx.blocks if blocks is None else blocks:
+            stored = block.param.data.view(-1)
+            mode = self.rounding_for(block)
+
+            def piece(span: slice, z: torch.Tensor, block=block, stored=stored, mode=mode) -> Any:
+                if stored.dtype not in rounding.HALF:  # float32 and wider: the rule works on θ itself
+                    return rule(ctx, block, span, z, stored[span])
+                work = self.fp32_copy(stored[span])
+                value = rule(ctx, block, span, z, work)
+                rounding.store(stored[span], work, mode, seed, block.index, span.start)
+                give_buffer(work)
+                return value
+
+            results[block.index] = self.direction_pieces(ctx, block, piece, seed=seed)
+        return results
+
+    def restore_span(self, ctx: StepContext, block: Block, d: torch.Tensor, work: torch.Tensor) -> None:
+        """After an in-place probe, θ_b + ε_b·d_b on one piece (a no-op after an exact probe)."""
+        if ctx.restore:
+            work.add_(d, alpha=block.group["eps"])
+
+    def sgd_span(self, ctx: StepContext, block: Block, span: slice, z: torch.Tensor, work: torch.Tensor,
+                 coefficient: float) -> None:
+        """The MeZO rule on one piece: restore, decoupled decay, then θ ← θ − lr·coefficient·d."""
+        d = self.transform(ctx, block, span, z)
+        self.restore_span(ctx, block, d, work)
+        lr, wd = block.group["lr"], block.group["weight_decay"]
+        if wd:
+            work.mul_(1.0 - lr * wd)
+        work.add_(d, alpha=-lr * coefficient)
+
+    def block_gradient(self, block: Block, losses: list[float]) -> float:
+        """g_b = (ℓ+ − ℓ−)/(2ε_b): with a per-group ε each block divides by its own (unbiased for ∇_b L)."""
+        return (losses[0] - losses[1]) / (2 * block.group["eps"])
+
+    # records, metrics, state ------------------------------------------------------------------------
     def record(self, **entry: Any) -> None:
-        """Append one step's replay record (step, seed, scalars, lrs) to the trajectory."""
-        self.trajectory.append(entry)
-
-    def skip(self, step: int, seed: int, losses: tuple[float, ...]) -> None:
-        """Count a step whose probe loss was not finite; the weights are already restored."""
-        self.skipped_steps += 1
-        self.record(step=step, seed=seed, projected_grad=None, lr=self.lrs(), losses=list(losses), skipped=True)
-        self.last_stats = {
-            "train/loss": float("nan"),
-            "zo/skipped_steps": self.skipped_steps,
-            "zo/forward_passes": self.forward_passes,
-            "zo/nonfinite_losses": sum(not math.isfinite(x) for x in losses),
-        }
+        """Append one step's replay record to the trajectory (with the RNG contract it was drawn under)."""
+        self.trajectory.append({**entry, "rng": RNG_CONTRACT_VERSION})
 
     def probe_stats(self, loss: float, loss_plus: float, projected_grad: float) -> dict[str, float]:
-        """The per-step metrics every two-point method logs (methods add their own prefix keys)."""
+        """The per-step metrics every method logs (methods add their own prefixed keys)."""
         return {
             "train/loss": loss,
             "train/loss_plus": loss_plus,
@@ -245,17 +338,14 @@ class ZerothOrderOptimizer(torch.optim.Optimizer):
         return optimizer_state_bytes(self)
 
     def describe(self) -> dict[str, Any]:
-        """What the run summary records about this optimizer: its state size and, per method, more."""
-        return {"state_bytes": self.state_bytes()}
+        """What the run summary records about this optimizer: its state size, probe and rounding, and more."""
+        return {"state_bytes": self.state_bytes(), "probe": self.probe_mode, "update_rounding": self.update_rounding,
+                "directions": self.directions.distribution, "rng_contract": RNG_CONTRACT_VERSION}
 
     def state_dict(self) -> dict:
         state = super().state_dict()
-        state["zo"] = {
-            "seed": self.seed,
-            "steps_taken": self.steps_taken,
-            "forward_passes": self.forward_passes,
-            "skipped_steps": self.skipped_steps,
-        }
+        state["zo"] = {"seed": self.seed, "steps_taken": self.steps_taken, "forward_passes": self.forward_passes,
+                       "skipped_steps": self.skipped_steps, "empty_steps": self.empty_steps}
         return state
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -274,38 +364,4 @@ class ZerothOrderOptimizer(torch.optim.Optimizer):
             self.steps_taken = zo["steps_taken"]
             self.forward_passes = zo["forward_passes"]
             self.skipped_steps = zo["skipped_steps"]
-
-
-class PseudoGradientOptimizer(ZerothOrderOptimizer):
-    """MeZO's two-point probe feeding a stateful per-tensor rule (ZO_STATEFUL_STEP, optimizers.md §6).
-
-    Subclasses set ``self.eps`` and define ``update_block(block, seed, projected_grad)``, which
-    regenerates z_b chunk by chunk, so the pseudo-gradient g·z_b exists one chunk at a time. The
-    probe leaves θ at θ−εz; each chunk is first restored and decayed (:meth:`restore_chunk`), so a
-    step draws z three times and its weights are bit-identical to restoring everything first.
-    """
-
-    update_block: Callable[[Block, int, float], None]  # defined by each subclass (ZOSGDMomentum, ZOAdam)
-
-    def restore_chunk(self, view: torch.Tensor, z: torch.Tensor, block: Block) -> None:
-        """θ += εz (the probe's restore), then the decoupled decay, on one chunk before its update."""
-        view.add_(z, alpha=self.eps)
-        lr, wd = block.group["lr"], block.group["weight_decay"]
-        if wd:
-            view.mul_(1.0 - lr * wd)  # decoupled, as in our MeZO
-
-    @torch.no_grad()
-    def step(self, closure: Callable[[], torch.Tensor]) -> float:  # type: ignore[override]
-        """One step (two forward passes); returns the mean probe loss, NaN when the step was skipped."""
-        step, seed = self.begin_step(closure)
-        loss_plus, loss_minus = self.two_point_probe(closure, seed, self.eps, restore=False)
-        if not (math.isfinite(loss_plus) and math.isfinite(loss_minus)):
-            self.shift(seed, +self.eps)  # restore only
-            self.skip(step, seed, (loss_plus, loss_minus))
-            return float("nan")
-        projected_grad = (loss_plus - loss_minus) / (2 * self.eps)
-        self.for_each_block(lambda block: self.update_block(block, seed, projected_grad))
-        loss = (loss_plus + loss_minus) / 2
-        self.record(step=step, seed=seed, projected_grad=projected_grad, lr=self.lrs(), losses=[loss_plus, loss_minus])
-        self.last_stats = self.probe_stats(loss, loss_plus, projected_grad)
-        return loss
+            self.empty_steps = zo.get("empty_steps", 0)

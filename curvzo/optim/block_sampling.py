@@ -73,11 +73,9 @@ def inclusion_probabilities(
 
 
 def poisson_sample(pi: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Independent Bernoulli(pi_b) draws; when none is selected, the block of largest pi (first on ties)."""
-    mask = torch.rand(pi.numel(), generator=generator, dtype=_F64) < pi
-    if not bool(mask.any()):
-        mask[int(torch.argmax(pi))] = True
-    return mask
+    """Independent Bernoulli(pi_b) draws. The mask may be empty: forcing a block in would bias it by
+    1 + P(empty)/pi_b (optimizers.md §11.10), so the caller skips such a step instead."""
+    return torch.rand(pi.numel(), generator=generator, dtype=_F64) < pi
 
 
 def fixed_size_sample(pi: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -91,9 +89,7 @@ def fixed_size_sample(pi: torch.Tensor, generator: torch.Generator) -> torch.Ten
     hit = torch.floor(edges - start) > torch.floor(lower - start)
     mask = torch.zeros(n, dtype=torch.bool)
     mask[order[hit]] = True
-    if not bool(mask.any()):
-        mask[int(torch.argmax(pi))] = True
-    return mask
+    return mask  # empty only when sum(pi) < 1 and the start falls past every edge
 
 
 def support_and_entropy(scores: torch.Tensor) -> tuple[float, float]:

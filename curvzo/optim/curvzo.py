@@ -10,20 +10,13 @@ budget fraction f towards what the spread of S asks for.
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from curvzo.errors import ConfigError
-from curvzo.optim.base import (
-    ZerothOrderOptimizer,
-    check_choice,
-    check_fraction,
-    check_nonnegative,
-    check_positive,
-)
+from curvzo.optim.base import StepContext, ZerothOrderOptimizer
 from curvzo.optim.block_sampling import (
     adaptive_budget,
     fixed_size_sample,
@@ -31,9 +24,18 @@ from curvzo.optim.block_sampling import (
     poisson_sample,
     support_and_entropy,
 )
-from curvzo.optim.directions import mix64
+from curvzo.optim.blocks import Block
+from curvzo.optim.checks import check_bool, check_choice, check_fraction, check_nonnegative, check_positive
+from curvzo.optim.streams import Stream, stream_seed
 
-_SAMPLER_STREAM = 3  # sub-stream tag of the block draws (step seeds use 1, data order 2)
+@dataclass(frozen=True)
+class Draw:
+    """One step's block draw: the inclusion probabilities, the chosen block indices, the budget used."""
+
+    pi: torch.Tensor
+    chosen: list[int]
+    budget_f: float
+
 
 _CHOICES = {
     "sampling": ("curvature", "uniform"),
@@ -50,7 +52,9 @@ class CurvZO(ZerothOrderOptimizer):
     """Sparse two-point ZO over sampled blocks; see the module docstring and optimizers.md §11.
 
     Every keyword mirrors ``conf/optimizer/curvzo.yaml``, where each default carries its source.
-    Optimizer state (S, f, G) is float32 / Python floats whatever the model dtype.
+    Optimizer state (S, f, G) is float32 / Python floats whatever the model dtype. A step whose
+    Poisson draw selects no block makes no forward pass and no update and is counted
+    (``zo/empty_steps``): E[m_b/π_b] = 1 keeps holding, so the estimate stays unbiased (§11.3).
     """
 
     def __init__(
@@ -85,22 +89,22 @@ class CurvZO(ZerothOrderOptimizer):
         entropy_term: str = "one_minus_h",
         budget_unit: str = "tensors",
         fuse_restore_update: bool = False,
+        **options: Any,
     ) -> None:
-        self.eps = check_positive("eps", eps)
         for name, value in (("sampling", sampling), ("design", design), ("score", score),
                             ("update_unselected", update_unselected), ("budget_mode", budget_mode),
                             ("entropy_term", entropy_term), ("budget_unit", budget_unit)):
             check_choice(name, value, _CHOICES[name])
-        super().__init__(params, {"lr": lr, "weight_decay": weight_decay}, seed=seed)
+        super().__init__(params, {"lr": lr, "eps": eps, "weight_decay": weight_decay}, seed=seed, **options)
         self.sampling, self.design, self.score = sampling, design, score
         self.update_unselected, self.budget_mode = update_unselected, budget_mode
         self.entropy_term, self.budget_unit = entropy_term, budget_unit
         self.sampling_power = check_positive("sampling_power", sampling_power)
-        self.score_normalize_numel = bool(score_normalize_numel)
+        self.score_normalize_numel = check_bool("score_normalize_numel", score_normalize_numel)
         self.score_beta = check_fraction("score_beta", score_beta)
         self.score_floor = check_positive("score_floor", score_floor)
         self.global_beta = check_fraction("global_beta", global_beta)
-        self.ht_correction = bool(ht_correction)
+        self.ht_correction = check_bool("ht_correction", ht_correction)
         self.explore = check_fraction("explore", explore, allow_zero=True)
         self.pi_floor = check_fraction("pi_floor", pi_floor, allow_zero=True)
         self.budget_min = check_fraction("budget_min", budget_min)
@@ -110,7 +114,7 @@ class CurvZO(ZerothOrderOptimizer):
         self.budget_every = int(check_positive("budget_every", budget_every))
         self.budget_alpha = check_fraction("budget_alpha", budget_alpha, allow_zero=True)
         self.budget_beta = check_fraction("budget_beta", budget_beta, allow_zero=True)
-        self.fuse_restore_update = bool(fuse_restore_update)
+        self.fuse_restore_update = check_bool("fuse_restore_update", fuse_restore_update)
         if budget_mode == "fixed":
             self.fraction = check_fraction("fixed_fraction", fixed_fraction)
         else:
@@ -134,62 +138,56 @@ class CurvZO(ZerothOrderOptimizer):
         )
 
     def sample_blocks(self, pi: torch.Tensor, step: int) -> torch.Tensor:
-        """The selection mask of step ``step``: a pure function of (seed, step, pi)."""
-        self._sampler.manual_seed(mix64(self.seed, _SAMPLER_STREAM, step))
+        """The selection mask of step ``step``: a pure function of (seed, step, pi); may be empty."""
+        self._sampler.manual_seed(stream_seed(self.seed, Stream.BLOCK_SAMPLER, step))
         draw = poisson_sample if self.design == "poisson" else fixed_size_sample
         return draw(pi, self._sampler)
 
-    # the step -------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def step(self, closure: Callable[[], torch.Tensor]) -> float:  # type: ignore[override]
-        """One CurvZO step (two forward passes); returns the mean probe loss, NaN if skipped."""
-        step, seed = self.begin_step(closure)
-        eps = self.eps
+    # the step: plan (draw blocks), two-point probe on them, HT-weighted update, scores and budget ----------
+    def plan(self, ctx: StepContext) -> bool:
         pi = self.inclusion_probabilities()
-        mask = self.sample_blocks(pi, step)
-        chosen = [int(i) for i in torch.nonzero(mask).flatten()]
-        blocks = [self.blocks[i] for i in chosen]
+        chosen = [int(i) for i in torch.nonzero(self.sample_blocks(pi, ctx.step)).flatten()]
+        ctx.blocks = [self.blocks[i] for i in chosen]
+        ctx.plan = Draw(pi, chosen, self.fraction)
+        ctx.record.update(budget_f=self.fraction, num_selected=len(chosen))
+        if chosen:
+            return True
+        self._move_budget()  # the schedule counts steps, empty ones included; S is unchanged
+        ctx.stats.update(self._diagnostics(ctx.plan))
+        return False
 
-        energy = torch.tensor(self.for_each_block(
-            lambda b: self.directions.add_with_squared_norm_(b.param, seed, b.index, +eps), blocks), dtype=torch.float64)
-        loss_plus = self.probe(closure)
-        self.shift(seed, -2 * eps, blocks)
-        loss_minus = self.probe(closure)
-        if not (math.isfinite(loss_plus) and math.isfinite(loss_minus)):
-            self.shift(seed, +eps, blocks)  # theta restored; S, f and G untouched
-            self.skip(step, seed, (loss_plus, loss_minus))
-            return float("nan")
-
-        delta = (loss_plus - loss_minus) / (2 * eps)
-        pi_chosen = pi[chosen]
-        self._update_scores(chosen, energy, pi_chosen, delta)
+    def update(self, ctx: StepContext, losses: list[float]) -> None:
+        draw: Draw = ctx.plan
+        pi_chosen = draw.pi[draw.chosen]
         ht = (1.0 / pi_chosen) if self.ht_correction else torch.ones_like(pi_chosen)
-        factors = dict(zip(chosen, ht.tolist()))
-        self.for_each_block(lambda b: self._update_block(b, seed, delta * factors[b.index]), blocks)
-        budget_used = self.fraction
+        factors = dict(zip(draw.chosen, ht.tolist()))
+
+        def rule(ctx: StepContext, block: Block, span: slice, z: torch.Tensor, work: torch.Tensor) -> float:
+            energy = float(torch.dot(z, z))  # this piece's share of ‖z_b‖², from the update's own draw
+            coefficient = self.block_gradient(block, losses) * factors[block.index]
+            if self.fuse_restore_update and ctx.restore:  # the port's rounding: one add of (ε − ηc/π)·z
+                lr, wd = block.group["lr"], block.group["weight_decay"]
+                keep = 1.0 - lr * wd
+                if wd:
+                    work.mul_(keep)  # on θ − εz; the +ε restore below is scaled to match
+                work.add_(z, alpha=block.group["eps"] * keep - lr * coefficient)
+                return energy
+            self.sgd_span(ctx, block, span, z, work, coefficient)
+            return energy
+
+        pieces = self.update_pass(ctx, rule)
+        energy = torch.tensor([sum(pieces[i]) for i in draw.chosen], dtype=torch.float64)  # summed in piece order
+        delta = self.projected_grad(ctx, losses)
+        self._update_scores(draw.chosen, energy, pi_chosen, delta)
+        self._move_budget()
+        ctx.stats.update(self._diagnostics(draw))
+
+    def _move_budget(self) -> None:
+        """Every T_B steps the adaptive budget moves towards what the spread of S asks for (Eq. 20)."""
         if self.budget_mode == "adaptive" and self.steps_taken % self.budget_every == 0:
             self.fraction = adaptive_budget(self.scores, self.fraction, budget_min=self.budget_min,
                                             budget_max=self.budget_max, alpha=self.budget_alpha,
                                             beta=self.budget_beta, entropy_term=self.entropy_term)
-        loss = (loss_plus + loss_minus) / 2
-        self.record(step=step, seed=seed, projected_grad=delta, lr=self.lrs(), losses=[loss_plus, loss_minus],
-                    budget_f=budget_used, num_selected=len(chosen))
-        self.last_stats = self._diagnostics(loss, loss_plus, delta, pi, chosen, budget_used)
-        return loss
-
-    def _update_block(self, block, seed: int, coefficient: float) -> None:
-        """Restore theta_b (+eps z_b), then theta_b -= lr (coefficient z_b + wd theta_b), in one draw of z_b.
-
-        By default bit-identical to restoring and updating apart (:meth:`restore_and_update`); with
-        ``fuse_restore_update`` the two adds become one, as in the port (other rounding)."""
-        if not self.fuse_restore_update:
-            self.restore_and_update(seed, self.eps, coefficient, [block])
-            return
-        lr, wd = block.group["lr"], block.group["weight_decay"]
-        keep = 1.0 - lr * wd
-        if wd:
-            block.param.data.mul_(keep)  # on theta - eps z; the +eps restore below is scaled to match
-        self.directions.add_(block.param, seed, block.index, self.eps * keep - lr * coefficient)
 
     def _update_scores(self, chosen: list[int], energy: torch.Tensor, pi: torch.Tensor, delta: float) -> None:
         """EMA of the per-block curvature score from this step's scalar feedback (Eq. 7 or the port's)."""
@@ -207,12 +205,12 @@ class CurvZO(ZerothOrderOptimizer):
             self.scores[chosen] *= 1 - self.score_beta
         self.scores[chosen] += (self.score_beta * sample).float()
 
-    def _diagnostics(self, loss, loss_plus, delta, pi, chosen, budget_used) -> dict[str, float]:
+    def _diagnostics(self, draw: Draw) -> dict[str, float]:
+        pi, chosen = draw.pi, draw.chosen
         d_eff, entropy = support_and_entropy(self.scores)
-        selected_numel = float(self.numel[chosen].sum())
+        selected_numel = float(self.numel[chosen].sum()) if chosen else 0.0
         return {
-            **self.probe_stats(loss, loss_plus, delta),
-            "curvzo/budget_f": budget_used,
+            "curvzo/budget_f": draw.budget_f,
             "curvzo/expected_selected": float(pi.sum()),
             "curvzo/num_selected": len(chosen),
             "curvzo/selected_numel_frac": selected_numel / float(self.numel.sum()),
@@ -220,7 +218,8 @@ class CurvZO(ZerothOrderOptimizer):
             "curvzo/entropy": entropy,
             "curvzo/pi_min": float(pi.min()),
             "curvzo/pi_max": float(pi.max()),
-            "curvzo/max_inv_pi_selected": float(1.0 / pi[chosen].min()),
+            "curvzo/max_inv_pi_selected": float(1.0 / pi[chosen].min()) if chosen else 0.0,
+            "zo/empty_steps": self.empty_steps,
         }
 
     def state_bytes(self) -> int:

@@ -1,104 +1,241 @@
-"""Seeded Gaussian directions: z_b is a pure function of (step seed, block index).
+"""Seeded directions: z_b is a pure function of (step seed, block index), drawn in parallel pieces.
 
-Every zeroth-order method draws its perturbations here (optimizers.md §1.2). A dedicated
-``torch.Generator`` per device is reseeded for each block, so z_b never depends on the global RNG,
-on the order in which blocks are visited, or on which other blocks a sparse method selects.
-Directions are drawn in float32 in fixed-size chunks of the flattened tensor into one reusable
-buffer per device, which caps the transient memory at one chunk. The chunk size is part of the
-RNG contract: changing it changes z for the same seed. Generators and buffers are per thread, so
-worker threads may draw the directions of different blocks at once (:meth:`ZerothOrderOptimizer.for_each_block`).
+Every zeroth-order method draws its perturbations here (optimizers.md §1.2). RNG contract v2
+(``streams.RNG_CONTRACT_VERSION``): the flattened z_b is cut into sub-chunks of
+``sub_chunk_numel(device)`` elements (64K on CPU, 4M elsewhere); sub-chunk c is drawn in float32 by
+a dedicated ``torch.Generator`` on the block's device seeded with mix64(seed, b, c). So z_b never
+depends on the global RNG, on the order blocks are visited, on which other blocks a sparse method
+selects, or on how many threads draw it.
+
+On CPU the Gaussian kernel is single-threaded and dominates a step's overhead, so
+:meth:`DirectionSampler.for_each_piece` hands pieces (runs of sub-chunks) to ``workers`` threads,
+each of which draws its piece and then does the caller's arithmetic on it (perturb, update, round)
+with torch ops on one intra-op thread: no OpenMP team is woken per piece, whose spinning threads would
+otherwise take the cores the drawing threads need. :meth:`DirectionSampler.spans` hands z out span by span (``SPAN_NUMEL`` elements,
+not part of the contract) to sequential consumers, in reusable per-thread buffers.
+``distribution="rademacher"`` draws ±1 instead of N(0, 1) (E[zzᵀ] = I still holds; about 14x faster
+on CPU); it is a switch, never the default.
 """
 
 from __future__ import annotations
 
+import functools
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
-CHUNK_NUMEL = 1 << 22  # 4M floats = 16 MiB per device; part of the RNG contract
-_MASK64 = (1 << 64) - 1
+from curvzo.optim.streams import mix64
+
+SPAN_NUMEL = 1 << 22  # elements handed out at a time (16 MiB of float32): a memory/speed knob, not the contract
+PIECE_SUB_CHUNKS = 4  # sub-chunks per piece of work at most (256K elements on CPU: a core's work, little overhead)
+MIN_PIECES = 4  # pieces per block at least, where it has that many sub-chunks (so small blocks spread too)
+DISTRIBUTIONS = ("gaussian", "rademacher")
+MAX_WORKERS = 4  # drawing stops scaling past a few threads (memory bandwidth; `make bench`)
 
 
-def mix64(*values: int) -> int:
-    """Hash integers into a 63-bit seed (SplitMix64 finaliser applied in sequence)."""
-    h = 0x9E3779B97F4A7C15
-    for v in values:
-        h = (h ^ (v & _MASK64)) & _MASK64
-        h = (h + 0x9E3779B97F4A7C15) & _MASK64
-        h = ((h ^ (h >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-        h = ((h ^ (h >> 27)) * 0x94D049BB133111EB) & _MASK64
-        h ^= h >> 31
-    return h >> 1  # torch.Generator.manual_seed takes values below 2**63 without wrapping
+def sub_chunk_numel(device: torch.device) -> int:
+    """Elements per independently seeded piece of z on ``device`` (part of the RNG contract)."""
+    return 1 << 16 if device.type == "cpu" else 1 << 22  # CPU: many, for parallel draws; GPUs: few launches
+
+
+def default_workers() -> int:
+    """One drawing thread per intra-op thread, capped."""
+    return max(1, min(torch.get_num_threads(), MAX_WORKERS))
+
+
+def _single_threaded() -> None:
+    """Pool threads run their torch ops on one intra-op thread: a piece is one core's work, and an OpenMP
+    team per piece would fight the other drawing threads for the cores (per-thread setting: the caller's
+    thread keeps its own)."""
+    torch.set_num_threads(1)
+
+
+@functools.cache
+def _executor(workers: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="curvzo-rng", initializer=_single_threaded)
+
+
+def run_pieces(fn: Callable[[int], None], count: int, workers: int) -> None:
+    """``fn(i)`` for i in range(count): in this thread when ``workers`` is 1, else round-robin on a pool
+    of ``workers`` single-threaded threads while this one waits.
+
+    ``fn`` must write only its own piece; the result is then independent of ``workers``.
+    """
+    workers = min(workers, count)
+    if workers <= 1:
+        for i in range(count):
+            fn(i)
+        return
+
+    def share(first: int) -> None:
+        for i in range(first, count, workers):
+            fn(i)
+
+    for future in [_executor(workers).submit(share, w) for w in range(workers)]:
+        future.result()
+
+
+class _PerThread(threading.local):
+    def __init__(self) -> None:
+        self.generators: dict[torch.device, torch.Generator] = {}
+        self.free: dict[torch.device, list[torch.Tensor]] = {}
+
+
+_LOCAL = _PerThread()
+
+
+def generator(device: torch.device) -> torch.Generator:
+    """This thread's generator on ``device`` (callers reseed it before every use)."""
+    gens = _LOCAL.generators
+    if device not in gens:
+        gens[device] = torch.Generator(device=device)
+    return gens[device]
+
+
+def take_buffer(device: torch.device, numel: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A flat buffer of at least ``numel`` elements from this thread's pool (return it with ``give_buffer``)."""
+    free = _LOCAL.free.setdefault(device, [])
+    fits = [i for i, buf in enumerate(free) if buf.dtype == dtype and buf.numel() >= numel]
+    if fits:
+        return free.pop(min(fits, key=lambda i: free[i].numel()))
+    free[:] = [buf for buf in free if buf.dtype != dtype]  # too small: replaced by the bigger one, not kept beside it
+    with torch.inference_mode(False):  # a normal tensor: buffers are reused inside and outside inference mode
+        return torch.empty(max(numel, 1), dtype=dtype, device=device)
+
+
+def give_buffer(buf: torch.Tensor) -> None:
+    free = _LOCAL.free.setdefault(buf.device, [])
+    if len(free) < 8:  # a few live spans at most; anything beyond is garbage
+        free.append(buf)
+
+
+@functools.cache
+def _sign_table(device: torch.device) -> torch.Tensor:
+    """Row b holds the 8 signs (+1 for a 0 bit, -1 for a 1 bit) of byte b, low bit first."""
+    bits = (torch.arange(256).unsqueeze(1) >> torch.arange(8)) & 1
+    return (1.0 - 2.0 * bits).to(device=device, dtype=torch.float32)
 
 
 class DirectionSampler:
-    """Regenerates z_b = Z(seed, b) chunk by chunk on the block's own device."""
+    """Draws z_b = Z(seed, b) span by span on the block's own device.
 
-    def __init__(self, chunk_numel: int = CHUNK_NUMEL) -> None:
-        self.chunk_numel = chunk_numel
-        self._local = threading.local()  # per thread: {device: generator}, {device: buffer}
+    Args:
+        distribution: ``gaussian`` (N(0, 1), the papers' choice) or ``rademacher`` (±1).
+        workers: CPU threads drawing the sub-chunks of a span at once (the weights are the same for any value).
+        sub_chunk: override of the seeded piece size (tests use tiny ones; it changes z).
+        span: override of the span size (a multiple of the sub-chunk; it does not change z).
+    """
 
-    def _per_thread(self) -> tuple[dict[torch.device, torch.Generator], dict[torch.device, torch.Tensor]]:
-        if not hasattr(self._local, "generators"):
-            self._local.generators, self._local.buffers = {}, {}
-        return self._local.generators, self._local.buffers
+    def __init__(self, distribution: str = "gaussian", workers: int | None = None, *, sub_chunk: int | None = None,
+                 span: int | None = None) -> None:
+        if distribution not in DISTRIBUTIONS:
+            raise ValueError(f"distribution must be one of {', '.join(DISTRIBUTIONS)}, got {distribution!r}")
+        self.distribution = distribution
+        self.workers = workers or default_workers()
+        self._sub_chunk, self._span = sub_chunk, span
+        if sub_chunk is not None and span is not None and span % sub_chunk:
+            raise ValueError("span must be a multiple of sub_chunk")
 
-    def _generator(self, device: torch.device) -> torch.Generator:
-        generators, _ = self._per_thread()
-        if device not in generators:
-            generators[device] = torch.Generator(device=device)
-        return generators[device]
+    def sub_chunk(self, device: torch.device) -> int:
+        return self._sub_chunk or sub_chunk_numel(device)
 
-    def _buffer(self, device: torch.device, numel: int) -> torch.Tensor:
-        _, buffers = self._per_thread()
-        buf = buffers.get(device)
-        if buf is None or buf.numel() < numel:
-            buf = torch.empty(min(max(numel, 1), self.chunk_numel), dtype=torch.float32, device=device)
-            buffers[device] = buf
-        return buf
+    def span_numel(self, device: torch.device) -> int:
+        sub = self.sub_chunk(device)
+        span = self._span or max(SPAN_NUMEL, sub)
+        return span - span % sub
 
-    def spans(self, tensor: torch.Tensor, seed: int, block: int) -> Iterator[tuple[slice, torch.Tensor]]:
-        """Yield (slice of the flattened tensor, float32 z for it): the chunks of z_b in order.
+    # drawing ---------------------------------------------------------------------------------------
+    def _draw(self, piece: torch.Tensor, seed: int) -> None:
+        gen = generator(piece.device)
+        gen.manual_seed(seed)
+        if self.distribution == "gaussian":
+            piece.normal_(generator=gen)
+            return
+        n = piece.numel()
+        words = take_buffer(piece.device, (n + 63) // 64, torch.int64)[: (n + 63) // 64]
+        try:
+            words.random_(-(2**63), None, generator=gen)  # all 64 bits of each word
+            signs = _sign_table(piece.device)[words.view(torch.uint8).int()]  # one row of 8 signs per byte
+            piece.copy_(signs.view(-1)[:n])
+        finally:
+            give_buffer(words)
 
-        The slice also addresses any state buffer shaped like the tensor (momentum, Adam moments,
-        a Hessian diagonal). The z view is only valid until the next iteration: it lives in a
-        shared buffer, which the caller may overwrite in place (e.g. to scale it).
+    def fill(self, z: torch.Tensor, seed: int, block: int, start: int = 0) -> torch.Tensor:
+        """Write z_b[start : start + len(z)] into the flat float32 ``z`` (``start`` on a sub-chunk boundary)."""
+        sub = self.sub_chunk(z.device)
+        first = start // sub
+        count = -(-z.numel() // sub)
+
+        def draw(i: int) -> None:
+            self._draw(z[i * sub:(i + 1) * sub], mix64(seed, block, first + i))
+
+        run_pieces(draw, count, self.workers if z.device.type == "cpu" else 1)
+        return z
+
+    def for_each_piece(self, tensor: torch.Tensor, seed: int, block: int, fn: Callable[[slice, torch.Tensor], Any], *,
+                       into: torch.Tensor | None = None) -> list[Any]:
+        """``fn(span, z)`` for every piece of z_b, on ``workers`` threads; the results in piece order.
+
+        A piece is a run of whole sub-chunks (at most ``PIECE_SUB_CHUNKS``, and at least
+        ``MIN_PIECES`` pieces per block when it has that many sub-chunks, so small blocks still
+        spread over the threads); the cut depends only on the block's size. ``z`` is the float32
+        piece of z_b for the flat slice ``span`` of ``tensor`` (in ``into``, a flat float32 tensor of
+        ``tensor.numel()`` elements, when given, else in a per-thread buffer ``fn`` may overwrite).
+        ``fn`` must touch only what ``span`` addresses; then nothing depends on the number of threads.
         """
         numel = tensor.numel()
-        gen = self._generator(tensor.device)
-        gen.manual_seed(mix64(seed, block))
-        buf = self._buffer(tensor.device, min(numel, self.chunk_numel))
-        for start in range(0, numel, self.chunk_numel):
-            stop = min(start + self.chunk_numel, numel)
-            z = buf[: stop - start]
-            z.normal_(generator=gen)
-            yield slice(start, stop), z
+        sub = self.sub_chunk(tensor.device)
+        subs = -(-numel // sub)
+        count = min(subs, max(-(-subs // PIECE_SUB_CHUNKS), MIN_PIECES))
+        results: list[Any] = [None] * count
 
-    def chunks(self, tensor: torch.Tensor, seed: int, block: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield (view of ``tensor``, float32 z for that view) over the flattened tensor."""
-        flat = tensor.data.view(-1)
-        for span, z in self.spans(tensor, seed, block):
-            yield flat[span], z
+        def run(i: int) -> None:
+            first, last = i * subs // count, (i + 1) * subs // count  # sub-chunks [first, last)
+            span = slice(first * sub, min(last * sub, numel))
+            n = span.stop - span.start
+            buf = None if into is not None else take_buffer(tensor.device, n)
+            try:
+                z = into[span] if into is not None else buf[:n]
+                for c in range(first, last):
+                    self._draw(z[(c - first) * sub:(c - first + 1) * sub], mix64(seed, block, c))
+                results[i] = fn(span, z)
+            finally:
+                if buf is not None:
+                    give_buffer(buf)
+
+        run_pieces(run, count, self.workers if tensor.device.type == "cpu" else 1)
+        return results
+
+    def spans(self, tensor: torch.Tensor, seed: int, block: int, *,
+              into: torch.Tensor | None = None) -> Iterator[tuple[slice, torch.Tensor]]:
+        """Yield (slice of the flattened tensor, float32 z for it): the spans of z_b in order.
+
+        The slice also addresses any state buffer shaped like the tensor. The z view lives in a
+        reusable buffer (or in ``into``, a flat float32 tensor of ``tensor.numel()`` elements, e.g. a
+        float32 scratch the caller overwrites next) and is only valid until the next iteration; the
+        caller may change it in place (mask it, scale it).
+        """
+        numel = tensor.numel()
+        span = self.span_numel(tensor.device)
+        buf = None if into is not None else take_buffer(tensor.device, min(numel, span))
+        try:
+            for start in range(0, numel, span):
+                stop = min(start + span, numel)
+                z = into[start:stop] if into is not None else buf[: stop - start]
+                yield slice(start, stop), self.fill(z, seed, block, start)
+        finally:
+            if buf is not None:
+                give_buffer(buf)
 
     def direction(self, tensor: torch.Tensor, seed: int, block: int) -> torch.Tensor:
         """The whole z_b as a new float32 tensor shaped like ``tensor`` (tests and analysis)."""
-        parts = [z.clone() for _, z in self.chunks(tensor, seed, block)]
-        return torch.cat(parts).view(tensor.shape)
-
-    def add_(self, tensor: torch.Tensor, seed: int, block: int, alpha: float) -> None:
-        """tensor += alpha * z_b, in place, computed in float32 and rounded once to the tensor dtype."""
-        for view, z in self.chunks(tensor, seed, block):
-            view.add_(z, alpha=alpha)
-
-    def add_with_squared_norm_(self, tensor: torch.Tensor, seed: int, block: int, alpha: float) -> float:
-        """``add_`` that also returns ||z_b||^2 from the same draws (no extra RNG pass)."""
-        total = 0.0
-        for view, z in self.chunks(tensor, seed, block):
-            view.add_(z, alpha=alpha)
-            total += float(torch.dot(z, z))
-        return total
+        z = torch.empty(tensor.numel(), dtype=torch.float32, device=tensor.device)
+        return self.fill(z, seed, block).view(tensor.shape)
 
     def squared_norm(self, tensor: torch.Tensor, seed: int, block: int) -> float:
-        """||z_b||^2 in float32 accumulated in float64 (CurvZO's energy term)."""
-        return sum(float(z.double().square().sum()) for _, z in self.chunks(tensor, seed, block))
+        """||z_b||^2 accumulated in float64 (CurvZO's energy term)."""
+        return sum(float(z.double().square().sum()) for _, z in self.spans(tensor, seed, block))
+

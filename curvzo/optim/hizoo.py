@@ -10,22 +10,14 @@ start) preconditions both the probe and the step:
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from curvzo.optim.base import (
-    STATE_DTYPES,
-    Block,
-    ZerothOrderOptimizer,
-    check_choice,
-    check_fraction,
-    check_nonnegative,
-    check_positive,
-    state_buffer,
-)
+from curvzo.optim.base import StepContext, ZerothOrderOptimizer
+from curvzo.optim.blocks import Block
+from curvzo.optim.checks import STATE_DTYPES, check_choice, check_fraction, check_int_at_least, state_buffer
+from curvzo.optim.directions import give_buffer, take_buffer
 
 SMOOTH_SCHEDULES = ("constant", "step")
 
@@ -36,7 +28,7 @@ class HiZOO(ZerothOrderOptimizer):
     Args:
         params: tensors or parameter groups.
         lr: learning rate η (no default; HiZOO README uses 1e-6 for OPT-13B full fine-tuning).
-        eps: perturbation scale ε (μ in the paper).
+        eps: perturbation scale ε (μ in the paper); the curvature estimate uses the first group's.
         hessian_smooth: α, the EMA weight of each new curvature sample; 0 makes HiZOO MeZO plus
             one wasted forward pass.
         hessian_smooth_schedule: ``constant`` (α every step) or ``step`` (α until
@@ -45,34 +37,25 @@ class HiZOO(ZerothOrderOptimizer):
         weight_decay: decoupled λ on the groups that set it.
         hessian_dtype: ``fp32`` (ours; increments survive) or ``param`` (the official code: in
             fp16, 1 − 1e-8 rounds to 1 and small increments vanish).
-        seed: run seed for the step seeds.
+        seed, options: as ``MeZO``.
     """
 
-    forward_passes_per_step = 3  # ℓ0, ℓ+, ℓ− (the official code's 4th, logging-only pass is dropped)
+    passes_per_step = 3  # ℓ0, ℓ+, ℓ− (the official code's 4th, logging-only pass is dropped)
 
     def __init__(self, params: Any, lr: float, eps: float = 1e-3, hessian_smooth: float = 1e-8,
                  weight_decay: float = 0.0, *, hessian_smooth_schedule: str = "constant",
                  hessian_smooth_final: float = 1e-8, hessian_smooth_switch_step: int = 9800,
-                 hessian_dtype: str = "fp32", seed: int = 0) -> None:
-        self.eps = check_positive("eps", eps)
+                 hessian_dtype: str = "fp32", seed: int = 0, **options: Any) -> None:
         self.hessian_smooth = check_fraction("hessian_smooth", hessian_smooth, allow_zero=True)
         self.hessian_smooth_schedule = check_choice("hessian_smooth_schedule", hessian_smooth_schedule,
                                                     SMOOTH_SCHEDULES)
         self.hessian_smooth_final = check_fraction("hessian_smooth_final", hessian_smooth_final, allow_zero=True)
-        self.hessian_smooth_switch_step = int(check_nonnegative("hessian_smooth_switch_step",
-                                                                hessian_smooth_switch_step))
+        self.hessian_smooth_switch_step = check_int_at_least("hessian_smooth_switch_step",
+                                                             hessian_smooth_switch_step, 0)
         self.hessian_dtype = check_choice("hessian_dtype", hessian_dtype, STATE_DTYPES)
-        super().__init__(params, {"lr": lr, "weight_decay": weight_decay}, seed=seed)
+        super().__init__(params, {"lr": lr, "eps": eps, "weight_decay": weight_decay}, seed=seed, **options)
         for block in self.blocks:
             self.state[block.param]["hessian"] = state_buffer(block.param, self.hessian_dtype, fill=1.0)
-
-    def _hessian_summary(self, summaries: list[torch.Tensor]) -> dict[str, float]:
-        if not summaries:
-            return {}
-        table = torch.stack(summaries).double()
-        count = sum(b.param.numel() for b in self.blocks)
-        return {"hizoo/h_mean": float(table[:, 0].sum()) / count, "hizoo/h_min": float(table[:, 1].min()),
-                "hizoo/h_max": float(table[:, 2].max())}
 
     def smoothing(self, step: int) -> float:
         """α_t of the configured schedule at (0-based) step ``step``."""
@@ -80,70 +63,58 @@ class HiZOO(ZerothOrderOptimizer):
             return self.hessian_smooth_final
         return self.hessian_smooth
 
-    def preconditioned_shift(self, seed: int, scale: float) -> None:
-        """θ_b += scale · H_b^{-1/2} ⊙ z_b for every block, in place."""
-        def shift_block(block: Block) -> None:
-            flat = block.param.data.view(-1)
-            hessian = self.state[block.param]["hessian"].view(-1)
-            for span, z in self.directions.spans(block.param, seed, block.index):
-                z.div_(hessian[span].float().sqrt())
-                flat[span].add_(z, alpha=scale)
-        self.for_each_block(shift_block)
+    # the probe: ℓ0, then ℓ± along H^{-1/2} z with the old H ------------------------------------------------
+    def probe(self, ctx: StepContext) -> list[float]:
+        loss_center = self.evaluate(ctx.closure)
+        return [loss_center, *self.two_point(ctx)]
 
-    def restore_chunk(self, view: torch.Tensor, z: torch.Tensor, h: torch.Tensor, block: Block) -> None:
-        """θ += ε H^{-1/2} z with the old H (the probe's restore), then the decoupled decay, on one chunk."""
-        scaled = h.float().sqrt()  # one temporary, reused for z / sqrt(H)
-        view.add_(torch.div(z, scaled, out=scaled), alpha=self.eps)
-        lr, wd = block.group["lr"], block.group["weight_decay"]
-        if wd:
-            view.mul_(1.0 - lr * wd)
+    def transform(self, ctx: StepContext, block: Block, span: slice, z: torch.Tensor) -> torch.Tensor:
+        """H_b^{-1/2} ⊙ z_b on one span (the probe's direction, with H as it is now)."""
+        return z.div_(self.state[block.param]["hessian"].view(-1)[span].float().sqrt())
 
-    def update_blocks(self, seed: int, projected_grad: float, curvature: float, alpha: float) -> list[torch.Tensor]:
-        """Restore each chunk, update its H, then step along H_new^{-1/2} z: one draw of z per block,
-        bit-identical to restoring every block first. Returns (sum, min, max) of H per chunk."""
-        def update_block(block: Block) -> list[torch.Tensor]:
-            summaries = []
-            flat = block.param.data.view(-1)
-            hessian = self.state[block.param]["hessian"].view(-1)
-            for span, z in self.directions.spans(block.param, seed, block.index):
-                h = hessian[span]
-                self.restore_chunk(flat[span], z, h, block)
-                # (1−α)H + α·c·H·z² computed in fp32 and stored once (rounded if H is kept in fp16/bf16)
-                updated = h.float() * (1 - alpha) + (alpha * curvature) * h.float() * z.square()
-                h.copy_(updated)
-                z.div_(h.float().sqrt())
-                flat[span].add_(z, alpha=-block.group["lr"] * projected_grad)
-                summaries.append(torch.stack([updated.sum(), updated.min(), updated.max()]))
-            return summaries
-        # one (sum, min, max) per chunk, in block order; one device-to-host transfer per step
-        rows = [row for rows in self.for_each_block(update_block) for row in rows]
-        return list(torch.stack(rows).cpu()) if rows else []
+    def reported_loss(self, losses: list[float]) -> float:
+        return losses[0]  # ℓ0, the unperturbed loss
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], torch.Tensor]) -> float:  # type: ignore[override]
-        """One HiZOO step (three forward passes); returns ℓ0, or NaN when the step was skipped."""
-        step, seed = self.begin_step(closure)
-        eps = self.eps
-        loss_center = self.probe(closure)
-        self.preconditioned_shift(seed, +eps)
-        loss_plus = self.probe(closure)
-        self.preconditioned_shift(seed, -2 * eps)
-        loss_minus = self.probe(closure)
-        losses = (loss_center, loss_plus, loss_minus)
-        if not all(math.isfinite(x) for x in losses):
-            self.preconditioned_shift(seed, +eps)  # restored with the same (old) H
-            self.skip(step, seed, losses)
-            return float("nan")
-        projected_grad = (loss_plus - loss_minus) / (2 * eps)
+    def loss_plus(self, losses: list[float]) -> float:
+        return losses[1]
+
+    def projected_grad(self, ctx: StepContext, losses: list[float]) -> float:
+        return (losses[1] - losses[2]) / (2 * self.param_groups[0]["eps"])
+
+    # the update: restore with the old H, update H, step along the new H ------------------------------------
+    def update(self, ctx: StepContext, losses: list[float]) -> None:
+        loss_center, loss_plus, loss_minus = losses
+        eps = self.param_groups[0]["eps"]
         curvature = abs(loss_plus + loss_minus - 2 * loss_center) / (2 * eps * eps)
-        alpha = self.smoothing(step)
-        summaries = self.update_blocks(seed, projected_grad, curvature, alpha)
-        self.record(step=step, seed=seed, projected_grad=projected_grad, lr=self.lrs(), losses=list(losses),
-                    hessian_smooth=alpha)
-        self.last_stats = {
-            **self.probe_stats(loss_center, loss_plus, projected_grad),
-            "hizoo/curvature": curvature,
-            "hizoo/smooth": alpha,
-            **self._hessian_summary(summaries),
-        }
-        return loss_center
+        alpha = self.smoothing(ctx.step)
+        def rule(ctx: StepContext, block: Block, span: slice, z: torch.Tensor, work: torch.Tensor) -> torch.Tensor:
+            h = self.state[block.param]["hessian"].view(-1)[span]
+            if ctx.restore:  # θ += ε H_old^{-1/2} z, through a temporary: z itself is needed below
+                scaled = take_buffer(z.device, z.numel())[: z.numel()]
+                self.restore_span(ctx, block, torch.div(z, h.float().sqrt(), out=scaled), work)
+                give_buffer(scaled)
+            lr, wd = block.group["lr"], block.group["weight_decay"]
+            if wd:
+                work.mul_(1.0 - lr * wd)
+            # (1−α)H + α·c·H·z² computed in float32 and stored once (rounded if H is kept in fp16/bf16)
+            updated = h.float() * (1 - alpha) + (alpha * curvature) * h.float() * z.square()
+            h.copy_(updated)
+            work.add_(z.div_(h.float().sqrt()), alpha=-lr * self.block_gradient_of(block, loss_plus, loss_minus))
+            return torch.stack([updated.sum(), updated.min(), updated.max()])
+
+        summaries = [row for rows in self.update_pass(ctx, rule).values() for row in rows]
+        ctx.record["hessian_smooth"] = alpha
+        ctx.stats.update({"hizoo/curvature": curvature, "hizoo/smooth": alpha, **self._hessian_summary(summaries)})
+
+    @staticmethod
+    def block_gradient_of(block: Block, loss_plus: float, loss_minus: float) -> float:
+        return (loss_plus - loss_minus) / (2 * block.group["eps"])
+
+    def _hessian_summary(self, summaries: list[torch.Tensor]) -> dict[str, float]:
+        """Mean, min and max of H over every element: one device-to-host transfer per step."""
+        if not summaries:
+            return {}
+        table = torch.stack(summaries).double().cpu()
+        count = sum(b.param.numel() for b in self.blocks)
+        return {"hizoo/h_mean": float(table[:, 0].sum()) / count, "hizoo/h_min": float(table[:, 1].min()),
+                "hizoo/h_max": float(table[:, 2].max())}

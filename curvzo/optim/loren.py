@@ -12,24 +12,25 @@ score-function step on a. Quirks and switches: spec §10 and decision 8 of §12.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
 
 from curvzo.errors import ConfigError
-from curvzo.optim.base import (
+from curvzo.optim.base import StepContext, ZerothOrderOptimizer
+from curvzo.optim.blocks import Block
+from curvzo.optim.checks import (
     STATE_DTYPES,
-    Block,
-    ZerothOrderOptimizer,
+    check_bool,
     check_choice,
     check_nonnegative,
     check_positive,
+    check_unit_interval,
     state_buffer,
 )
-from curvzo.optim.directions import mix64
-
-_INIT_STREAM = 5  # sub-stream tag of the initial a (1 step seeds, 2 data order, 3 CurvZO draws, 4 extra batches)
+from curvzo.optim.directions import give_buffer
+from curvzo.optim.rounding import HALF
+from curvzo.optim.streams import Stream, query_seed, stream_seed
 
 COV_FORMS = ("tied", "per_row")
 COV_UPDATES = ("per_sample", "per_step")
@@ -71,6 +72,14 @@ def row_segments(start: int, stop: int, n: int) -> list[Segment]:
     return segments
 
 
+def _ordered_sum(parts: list[torch.Tensor], size: int, device: torch.device) -> torch.Tensor:
+    """Σ parts, added in piece order (so the result does not depend on which thread made which part)."""
+    total = torch.zeros(size, dtype=torch.float32, device=device)
+    for part in parts:
+        total.add_(part)
+    return total
+
+
 def _pieces(v: torch.Tensor, segments: list[Segment], n: int):
     """(segment, view): full-row segments come as (rows, n) views, partial rows as 1-D views."""
     for seg in segments:
@@ -93,77 +102,79 @@ class LOREN(ZerothOrderOptimizer):
     Every keyword mirrors ``conf/optimizer/loren.yaml``, where each default carries its source.
     State per tensor: ``cov_factor`` a (float32, length n) and, for ≥2-D tensors only, a full-size
     ``momentum_buffer`` (float32, or the weights' dtype with ``state_dtype="param"``).
-    Costs per step: K forward passes; 4K regenerations of u for ``cov_form="tied"`` (column sums of u,
-    perturb, restore, update: streaming in chunks cannot know p = āᵀu before a chunk is drawn, so it
-    takes one more than the official code's 3K) and 5K for ``per_row`` (p = U a is recomputed before
+    Costs per step: K forward passes; 3K regenerations of u for ``cov_form="tied"`` (column sums of u,
+    the probe, the update: streaming spans cannot know p = āᵀu before a span is drawn; the in-place
+    probe adds its restore, 4K) and one more per query for ``per_row`` (p = U a is recomputed before
     the update pass because it cannot be cached in n floats).
     """
 
     def __init__(self, params: Any, lr: float, eps: float = 1e-3, num_queries: int = 10, damping: float = 0.1,
                  lr_cov: float = 1e-3, momentum: float = 0.9, weight_decay: float = 0.0, *, seed: int = 0,
                  cov_form: str = "tied", cov_update: str = "per_sample", fix_1d_cov_grad: bool = False,
-                 state_dtype: str = "fp32") -> None:
-        self.eps = check_positive("eps", eps)
+                 state_dtype: str = "fp32", **options: Any) -> None:
         if not isinstance(num_queries, int) or isinstance(num_queries, bool) or num_queries < 2:
             raise ConfigError(f"optimizer.num_queries must be an integer >= 2 (RLOO needs two), got {num_queries!r}")
         self.num_queries = num_queries
-        self.forward_passes_per_step = num_queries  # K one-sided probes, no centre pass
-        self.damping = check_positive("damping", damping)
-        self.lr_cov = check_nonnegative("lr_cov", lr_cov)
-        if not isinstance(momentum, (int, float)) or isinstance(momentum, bool) or not 0 <= momentum < 1:
-            raise ConfigError(f"optimizer.momentum must be in [0, 1), got {momentum!r}")
-        self.momentum = float(momentum)
+        self.passes_per_step = num_queries  # K one-sided probes, no centre pass
+        check_positive("damping", damping)
+        check_nonnegative("lr_cov", lr_cov)
+        check_unit_interval("momentum", momentum)
         self.cov_form = check_choice("cov_form", cov_form, COV_FORMS)
         self.cov_update = check_choice("cov_update", cov_update, COV_UPDATES)
-        if not isinstance(fix_1d_cov_grad, bool):
-            raise ConfigError(f"optimizer.fix_1d_cov_grad must be true or false, got {fix_1d_cov_grad!r}")
-        self.fix_1d_cov_grad = fix_1d_cov_grad
+        self.fix_1d_cov_grad = check_bool("fix_1d_cov_grad", fix_1d_cov_grad)
         self.state_dtype = check_choice("state_dtype", state_dtype, STATE_DTYPES)
-        super().__init__(params, {"lr": lr, "weight_decay": weight_decay}, seed=seed)
+        super().__init__(params, {"lr": lr, "eps": eps, "damping": damping, "lr_cov": lr_cov, "momentum": momentum,
+                                  "weight_decay": weight_decay}, seed=seed, **options)
+        for group in self.param_groups:
+            check_positive("damping", group["damping"])
+            check_nonnegative("lr_cov", group["lr_cov"])
+            check_unit_interval("momentum", group["momentum"])
         self._blocks = [b for b in self.blocks if b.param.numel() > 0]
         for block in self._blocks:
             n = matrix_shape(block.param)[1]
             # a ~ N(0, I) from its own stream, drawn on the CPU so it does not depend on the device
-            gen = torch.Generator().manual_seed(mix64(self.seed, _INIT_STREAM, block.index))
+            gen = torch.Generator().manual_seed(stream_seed(self.seed, Stream.LOREN_INIT, block.index))
             state = self.state[block.param]
             state["cov_factor"] = torch.randn(n, generator=gen, dtype=torch.float32).to(block.param.device)
             if block.param.dim() >= 2:  # the code keeps no momentum for 1-D tensors (§10 quirk 4)
                 state["momentum_buffer"] = state_buffer(block.param, self.state_dtype)
 
     # z = u − κ p ā, streamed ----------------------------------------------------------------------------
-    def _spans(self, block: Block, seed: int):
-        n = matrix_shape(block.param)[1]
-        for span, u in self.directions.spans(block.param, seed, block.index):
-            yield span, u, row_segments(span.start, span.stop, n)
-
     def _query(self, block: Block, seed: int, a: torch.Tensor, colsums: dict, k: int) -> Query:
-        """p, κ, s of query k under the current a. Tied: p = a·colsum(U), colsum cached per (k, tensor)."""
+        """p, κ, s of query k under the current a. Tied: p = a·colsum(U), colsum cached per (k, tensor).
+        Partial sums come back per piece and are added in piece order (the same bits for any thread count)."""
         m, n = matrix_shape(block.param)
         if self.cov_form == "tied":
             key = (k, block.index)
             if key not in colsums:
-                colsum = torch.zeros(n, dtype=torch.float32, device=a.device)
-                for _, u, segments in self._spans(block, seed):
-                    for seg, piece in _pieces(u, segments, n):
+                def column_sums(span: slice, u: torch.Tensor) -> torch.Tensor:
+                    part = torch.zeros(n, dtype=torch.float32, device=a.device)
+                    for seg, piece in _pieces(u, row_segments(span.start, span.stop, n), n):
                         if seg.rows:
-                            colsum.add_(piece.sum(0))
+                            part.add_(piece.sum(0))
                         else:
-                            colsum[seg.col:seg.col + seg.hi - seg.lo].add_(piece)
-                colsums[key] = colsum
+                            part[seg.col:seg.col + seg.hi - seg.lo].add_(piece)
+                    return part
+                colsums[key] = _ordered_sum(self.directions.for_each_piece(block.param, seed, block.index,
+                                                                           column_sums), n, a.device)
             colsum = colsums[key]
             p, s = torch.dot(a, colsum), m * torch.dot(a, a)
         else:
             colsum = None
-            p = torch.zeros(m, dtype=torch.float32, device=a.device)
-            for _, u, segments in self._spans(block, seed):
-                for seg, piece in _pieces(u, segments, n):
+
+            def row_products(span: slice, u: torch.Tensor) -> torch.Tensor:
+                part = torch.zeros(m, dtype=torch.float32, device=a.device)
+                for seg, piece in _pieces(u, row_segments(span.start, span.stop, n), n):
                     if seg.rows:
-                        p[seg.row:seg.row + seg.rows].addmv_(piece, a)
+                        part[seg.row:seg.row + seg.rows].addmv_(piece, a)
                     else:
-                        p[seg.row:seg.row + 1].add_(torch.dot(piece, a[seg.col:seg.col + seg.hi - seg.lo]))
+                        part[seg.row:seg.row + 1].add_(torch.dot(piece, a[seg.col:seg.col + seg.hi - seg.lo]))
+                return part
+            p = _ordered_sum(self.directions.for_each_piece(block.param, seed, block.index, row_products), m, a.device)
             s = torch.dot(a, a)
-        root = torch.sqrt(self.damping + s)
-        kappa = (math.sqrt(self.damping) + root) / (s * root)
+        damping = block.group["damping"]
+        root = torch.sqrt(damping + s)
+        kappa = (math.sqrt(damping) + root) / (s * root)
         return Query(p, kappa, s, colsum)
 
     @staticmethod
@@ -177,103 +188,91 @@ class LOREN(ZerothOrderOptimizer):
             piece.addcmul_(a if seg.rows else a[seg.col:seg.col + seg.hi - seg.lo], c, value=-1.0)
         return u
 
-    def _shift(self, block: Block, seed: int, q: Query, scale: float) -> None:
-        """θ_X += scale · z (probe and restore regenerate the identical z)."""
+    def _z_pieces(self, block: Block, seed: int, q: Query, fn, into: torch.Tensor | None = None) -> list:
+        """``fn(span, z)`` over the pieces of query ``seed``'s z under the current a (on the drawing threads)."""
         a, n = self.state[block.param]["cov_factor"], matrix_shape(block.param)[1]
-        flat, coef = block.param.data.view(-1), q.kappa * q.p
-        for span, u, segments in self._spans(block, seed):
-            flat[span].add_(self._to_z(u, segments, n, a, coef), alpha=scale)
+        coef = q.kappa * q.p
+
+        def piece(span: slice, u: torch.Tensor):
+            return fn(span, self._to_z(u, row_segments(span.start, span.stop, n), n, a, coef))
+        return self.directions.for_each_piece(block.param, seed, block.index, piece, into=into)
 
     def perturbation(self, block_index: int, seed: int) -> torch.Tensor:
         """z of block ``block_index`` for query seed ``seed`` under the current a, as a new float32
-        tensor shaped like the parameter (tests and analysis; query k of step t uses mix64(s_t, k))."""
+        tensor shaped like the parameter (tests and analysis; query k of step t uses query_seed(s_t, k))."""
         block = self.blocks[block_index]
-        a, n = self.state[block.param]["cov_factor"], matrix_shape(block.param)[1]
-        q = self._query(block, seed, a, {}, 0)
-        parts = [self._to_z(u, segments, n, a, q.kappa * q.p).clone() for _, u, segments in self._spans(block, seed)]
-        return torch.cat(parts).view(block.param.shape)
+        q = self._query(block, seed, self.state[block.param]["cov_factor"], {}, 0)
+        out = torch.empty(block.param.numel(), dtype=torch.float32, device=block.param.device)
+        self._z_pieces(block, seed, q, lambda span, z: None, into=out)
+        return out.view(block.param.shape)
 
-    def _update_pass(self, block: Block, seed: int, a: torch.Tensor, q: Query, w: float) -> torch.Tensor | None:
-        """One sub-update of X (momentum for ≥2-D, decoupled decay); per_row also returns Uᵀp for G_a."""
-        n = matrix_shape(block.param)[1]
-        lr, wd = block.group["lr"], block.group["weight_decay"]
-        flat, coef = block.param.data.view(-1), q.kappa * q.p
-        buf = self.state[block.param].get("momentum_buffer")
-        buf_flat = None if buf is None else buf.view(-1)
-        utp = None if q.colsum is not None else torch.zeros(n, dtype=torch.float32, device=a.device)
-        for span, u, segments in self._spans(block, seed):
-            if utp is not None:  # Σ_i p_i u_i, taken before u is overwritten by z
-                for seg, piece in _pieces(u, segments, n):
-                    if seg.rows:
-                        utp.addmv_(piece.t(), q.p[seg.row:seg.row + seg.rows])
-                    else:
-                        utp[seg.col:seg.col + seg.hi - seg.lo].addcmul_(piece, q.p[seg.row])
-            z = self._to_z(u, segments, n, a, coef)
-            x = flat[span]
-            if wd:
-                x.mul_(1.0 - lr * wd)
-            if buf_flat is None:
-                x.add_(z, alpha=-lr * w)
-                continue
-            stored = buf_flat[span]
-            mom = stored if stored.dtype == torch.float32 else stored.float()  # fp32 math per chunk
-            mom.mul_(self.momentum).add_(z, alpha=w)
-            if mom is not stored:
-                stored.copy_(mom)
-            x.add_(stored, alpha=-lr)  # the code steps along M as stored
-        return utp
-
-    def _cov_grad(self, block: Block, a: torch.Tensor, q: Query, utp: torch.Tensor | None, c: float) -> torch.Tensor:
-        """G_a = c · Σ_rows [(p u − κ p² ā)/√(ρ+s) + √ρ ā/(ρ+s)], c = ε²(f_k − f̄)/(K − 1)."""
-        m = matrix_shape(block.param)[0]
-        if q.colsum is not None:  # tied: every row shares p, so Σ_i p u_i = p·colsum(U)
-            first, p_sq = q.p * q.colsum, m * q.p * q.p
-        else:
-            first, p_sq = utp, torch.dot(q.p, q.p)
-        root = torch.sqrt(self.damping + q.s)
-        grad = first / root + a * (m * math.sqrt(self.damping) / root**2 - q.kappa * p_sq / root)
-        grad = grad * c
-        if block.param.dim() < 2 and not self.fix_1d_cov_grad:
-            grad = grad.sum().expand_as(a)  # the code's .sum(0) gives a scalar for 1-D tensors (§10 quirk 2)
-        return grad
-
-    def _step_cov(self, block: Block, grad: torch.Tensor) -> None:
-        a = self.state[block.param]["cov_factor"]
-        wd = block.group["weight_decay"]
-        if wd:
-            a.mul_(1.0 - self.lr_cov * wd)
-        a.add_(grad, alpha=-self.lr_cov)
-
-    # the step -----------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def step(self, closure: Callable[[], torch.Tensor]) -> float:  # type: ignore[override]
-        """One LOREN step (K forward passes); returns the mean probe loss, NaN if skipped."""
-        step, seed = self.begin_step(closure)
-        K, eps = self.num_queries, self.eps
-        seeds = [mix64(seed, k) for k in range(K)]
+    # the probe: K one-sided queries -------------------------------------------------------------------------
+    def probe(self, ctx: StepContext) -> list[float]:
+        """f_k = L(θ + εz_k) for k = 1..K; stops at the first non-finite loss (θ is restored)."""
         colsums: dict = {}
+        ctx.plan = colsums  # the tied form's column sums, reused by the update
         losses: list[float] = []
-        for k in range(K):
-            queries = [self._query(b, seeds[k], self.state[b.param]["cov_factor"], colsums, k) for b in self._blocks]
-            for block, q in zip(self._blocks, queries):
-                self._shift(block, seeds[k], q, +eps)
-            losses.append(self.probe(closure))
-            for block, q in zip(self._blocks, queries):
-                self._shift(block, seeds[k], q, -eps)
-            if not math.isfinite(losses[-1]):  # θ restored; stop probing, leave θ, M and a as they were
-                self.skip(step, seed, tuple(losses))
-                return float("nan")
+        for k in range(self.num_queries):
+            seed = query_seed(ctx.seed, k)
+            queries = {b.index: self._query(b, seed, self.state[b.param]["cov_factor"], colsums, k)
+                       for b in self._blocks}
+            if self.probe_mode == "exact":
+                def write(block: Block, out: torch.Tensor, seed=seed, queries=queries) -> None:
+                    self._write_perturbed(block, seed, queries[block.index], out)
+                losses.append(self.evaluate(lambda: self.prober.loss(ctx.closure, self._blocks, write)))
+            else:
+                for block in self._blocks:
+                    self._shift(block, seed, queries[block.index], +block.group["eps"])
+                losses.append(self.evaluate(ctx.closure))
+                for block in self._blocks:
+                    self._shift(block, seed, queries[block.index], -block.group["eps"])
+            if not math.isfinite(losses[-1]):
+                break
+        return losses
 
+    def _write_perturbed(self, block: Block, seed: int, q: Query, out: torch.Tensor) -> None:
+        """out ← θ + εz (float32 math, one rounding to the weight dtype)."""
+        stored, eps = block.param.data.view(-1), block.group["eps"]
+
+        def piece(span: slice, z: torch.Tensor) -> None:
+            if stored.dtype not in HALF:  # float32 (z drawn straight into the scratch), float64
+                torch.add(stored[span], z, alpha=eps, out=out[span])
+                return
+            work = self.fp32_copy(stored[span])
+            out[span].copy_(work.add_(z, alpha=eps))
+            give_buffer(work)
+
+        self._z_pieces(block, seed, q, piece, into=out if stored.dtype == torch.float32 else None)
+
+    def _shift(self, block: Block, seed: int, q: Query, alpha: float) -> None:
+        """In place: θ_X += alpha · z (probe and restore regenerate the identical z)."""
+        stored = block.param.data.view(-1)
+
+        def piece(span: slice, z: torch.Tensor) -> None:
+            if stored.dtype not in HALF:
+                stored[span].add_(z, alpha=alpha)
+                return
+            work = self.fp32_copy(stored[span])
+            stored[span].copy_(work.add_(z, alpha=alpha))
+            give_buffer(work)
+
+        self._z_pieces(block, seed, q, piece)
+
+    # the update: K sequential sub-updates of θ (momentum), and of a -------------------------------------------
+    def update(self, ctx: StepContext, losses: list[float]) -> None:
+        K, colsums = self.num_queries, ctx.plan
         mean = math.fsum(losses) / K
+        eps = self.param_groups[0]["eps"]
         weights = [(f - mean) / (eps * (K - 1)) for f in losses]
         pending: dict[int, list[torch.Tensor]] = {b.index: [] for b in self._blocks}
         for k in range(K):
+            seed = query_seed(ctx.seed, k)
             c = eps * eps * (losses[k] - mean) / (K - 1)
             for block in self._blocks:
                 a = self.state[block.param]["cov_factor"]  # per_step: not yet changed in this step
-                q = self._query(block, seeds[k], a, colsums, k)
-                utp = self._update_pass(block, seeds[k], a, q, weights[k])
-                if not self.lr_cov:
+                q = self._query(block, seed, a, colsums, k)
+                utp = self._sub_update(ctx, block, seed, q, weights[k])
+                if not block.group["lr_cov"]:
                     continue
                 grad = self._cov_grad(block, a, q, utp, c)
                 if self.cov_update == "per_sample":
@@ -283,30 +282,97 @@ class LOREN(ZerothOrderOptimizer):
         for block in self._blocks:  # per_step: the K sub-updates of a, all taken at the step-start a
             for grad in pending[block.index]:
                 self._step_cov(block, grad)
+        ctx.stats.update(self._diagnostics(losses, mean))
 
-        projected_grad = math.sqrt(math.fsum(w * w for w in weights))
-        self.record(step=step, seed=seed, projected_grad=projected_grad, lr=self.lrs(), losses=list(losses))
-        self.last_stats = self._diagnostics(losses, mean, projected_grad)
-        return mean
+    def _sub_update(self, ctx: StepContext, block: Block, seed: int, q: Query, w: float) -> torch.Tensor | None:
+        """One sub-update of X (momentum for ≥2-D, decoupled decay); per_row also returns Uᵀp for G_a."""
+        n = matrix_shape(block.param)[1]
+        a = self.state[block.param]["cov_factor"]
+        group = block.group
+        lr, wd = group["lr"], group["weight_decay"]
+        coef = q.kappa * q.p
+        buf = self.state[block.param].get("momentum_buffer")
+        buf_flat = None if buf is None else buf.view(-1)
+        per_row = q.colsum is None
 
-    def _diagnostics(self, losses: list[float], mean: float, projected_grad: float) -> dict[str, float]:
-        """Probe metrics plus LOREN's: ‖a‖ and the variance ρ/(ρ+s) that Σ leaves along ā."""
-        stats = self.probe_stats(mean, losses[0], projected_grad)
-        stats["loren/loss_std"] = math.sqrt(math.fsum((f - mean) ** 2 for f in losses) / (len(losses) - 1))
+        def rule(ctx: StepContext, block: Block, span: slice, u: torch.Tensor, x: torch.Tensor) -> torch.Tensor | None:
+            segments = row_segments(span.start, span.stop, n)
+            utp = None
+            if per_row:  # this piece's Σ_i p_i u_i, taken before u is overwritten by z
+                utp = torch.zeros(n, dtype=torch.float32, device=a.device)
+                for seg, piece in _pieces(u, segments, n):
+                    if seg.rows:
+                        utp.addmv_(piece.t(), q.p[seg.row:seg.row + seg.rows])
+                    else:
+                        utp[seg.col:seg.col + seg.hi - seg.lo].addcmul_(piece, q.p[seg.row])
+            z = self._to_z(u, segments, n, a, coef)
+            if wd:
+                x.mul_(1.0 - lr * wd)
+            if buf_flat is None:
+                x.add_(z, alpha=-lr * w)
+                return utp
+            stored = buf_flat[span]
+            mom = stored if stored.dtype == torch.float32 else stored.float()  # fp32 math per piece
+            mom.mul_(group["momentum"]).add_(z, alpha=w)
+            if mom is not stored:
+                stored.copy_(mom)
+            x.add_(stored, alpha=-lr)  # the code steps along M as stored
+            return utp
+
+        parts = self.update_pass(ctx, rule, [block], seed=seed)[block.index]
+        return _ordered_sum(parts, n, a.device) if per_row else None
+
+    def _cov_grad(self, block: Block, a: torch.Tensor, q: Query, utp: torch.Tensor | None, c: float) -> torch.Tensor:
+        """G_a = c · Σ_rows [(p u − κ p² ā)/√(ρ+s) + √ρ ā/(ρ+s)], c = ε²(f_k − f̄)/(K − 1)."""
+        m = matrix_shape(block.param)[0]
+        damping = block.group["damping"]
+        if q.colsum is not None:  # tied: every row shares p, so Σ_i p u_i = p·colsum(U)
+            first, p_sq = q.p * q.colsum, m * q.p * q.p
+        else:
+            first, p_sq = utp, torch.dot(q.p, q.p)
+        root = torch.sqrt(damping + q.s)
+        grad = first / root + a * (m * math.sqrt(damping) / root**2 - q.kappa * p_sq / root)
+        grad = grad * c
+        if block.param.dim() < 2 and not self.fix_1d_cov_grad:
+            grad = grad.sum().expand_as(a)  # the code's .sum(0) gives a scalar for 1-D tensors (§10 quirk 2)
+        return grad
+
+    def _step_cov(self, block: Block, grad: torch.Tensor) -> None:
+        a = self.state[block.param]["cov_factor"]
+        lr_cov, wd = block.group["lr_cov"], block.group["weight_decay"]
+        if wd:
+            a.mul_(1.0 - lr_cov * wd)
+        a.add_(grad, alpha=-lr_cov)
+
+    # what the step reports ------------------------------------------------------------------------------------
+    def reported_loss(self, losses: list[float]) -> float:
+        return math.fsum(losses) / len(losses)
+
+    def projected_grad(self, ctx: StepContext, losses: list[float]) -> float:
+        """‖w‖, the RLOO weights' norm: LOREN's counterpart of MeZO's scalar."""
+        mean, K = math.fsum(losses) / len(losses), len(losses)
+        eps = self.param_groups[0]["eps"]
+        return math.sqrt(math.fsum(((f - mean) / (eps * (K - 1))) ** 2 for f in losses))
+
+    def _diagnostics(self, losses: list[float], mean: float) -> dict[str, float]:
+        """LOREN's metrics: spread of the probes, ‖a‖ and the variance ρ/(ρ+s) that Σ leaves along ā."""
+        stats = {"loren/loss_std": math.sqrt(math.fsum((f - mean) ** 2 for f in losses) / (len(losses) - 1))}
         if self._blocks:
             norms = [self.state[b.param]["cov_factor"].double().square().sum() for b in self._blocks]
             one_device = len({x.device for x in norms}) == 1  # then a single transfer, not one per tensor
             sq = torch.stack(norms).cpu() if one_device else torch.stack([x.cpu() for x in norms])
             rows = torch.tensor([matrix_shape(b.param)[0] if self.cov_form == "tied" else 1 for b in self._blocks],
                                 dtype=torch.float64)
-            variance = self.damping / (self.damping + rows * sq)
+            damping = torch.tensor([b.group["damping"] for b in self._blocks], dtype=torch.float64)
+            variance = damping / (damping + rows * sq)
             stats.update({"loren/a_norm_mean": float(sq.sqrt().mean()),
                           "loren/var_along_a_min": float(variance.min()),
                           "loren/var_along_a_mean": float(variance.mean())})
         return stats
 
     def describe(self) -> dict[str, Any]:
-        """State size plus the per-step costs (K forward passes; 4K or 5K regenerations of u)."""
+        """State size plus the per-step costs (K forward passes and the regenerations of u)."""
+        passes = (3 if self.cov_form == "tied" else 4) + (self.probe_mode == "inplace")
         return {**super().describe(), "forward_passes_per_step": self.num_queries,
-                "rng_passes_per_step": (4 if self.cov_form == "tied" else 5) * self.num_queries,
-                "cov_form": self.cov_form, "cov_update": self.cov_update}
+                "rng_passes_per_step": passes * self.num_queries, "cov_form": self.cov_form,
+                "cov_update": self.cov_update}

@@ -2,7 +2,7 @@
 
 Liu et al., "Sparse MeZO: Less Parameters for Better Performance in Zeroth-Order LLM Fine-Tuning"
 (arXiv 2402.15751). Each tensor b gets a threshold h_b, the value of |θ_b| at quantile ``keep``
-of the pretrained weights; the mask m = (|θ| ≤ h_b) replaces z by m ⊙ z in all four passes of a
+of the pretrained weights; the mask m = (|θ| ≤ h_b) replaces z by m ⊙ z in every pass of a
 step, so only the kept weights are perturbed and updated. The official code is not public; each
 unknown is a switch (mask source, which tensors, keep fraction) with deterministic defaults.
 """
@@ -10,12 +10,13 @@ unknown is a switch (mask source, which tensors, keep fraction) with determinist
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 
-from curvzo.optim.base import Block, check_choice, check_fraction
+from curvzo.optim.base import StepContext
+from curvzo.optim.blocks import Block
+from curvzo.optim.checks import check_choice, check_fraction
 from curvzo.optim.mezo import MeZO
 
 MASK_SOURCES = ("pretrained", "step")
@@ -50,7 +51,7 @@ class SparseMeZO(MeZO):
     """MeZO over a fixed, bit-packed magnitude mask per tensor; two forward passes per step.
 
     Args:
-        params, lr, eps, weight_decay, seed: as ``MeZO``.
+        params, lr, eps, weight_decay, seed, options: as ``MeZO``.
         keep: fraction of each masked tensor that is perturbed (0.25, i.e. sparsity 0.75).
         mask_source: ``pretrained`` (mask fixed from the starting weights) or ``step`` (rebuilt
             from the current weights with the same thresholds at the start of every step).
@@ -58,11 +59,11 @@ class SparseMeZO(MeZO):
     """
 
     def __init__(self, params: Any, lr: float, eps: float = 1e-3, weight_decay: float = 0.0, *, seed: int = 0,
-                 keep: float = 0.25, mask_source: str = "pretrained", apply_to: str = "all") -> None:
+                 keep: float = 0.25, mask_source: str = "pretrained", apply_to: str = "all", **options: Any) -> None:
         self.keep = check_fraction("keep", keep)
         self.mask_source = check_choice("mask_source", mask_source, MASK_SOURCES)
         self.apply_to = check_choice("apply_to", apply_to, APPLY_TO)
-        super().__init__(params, lr=lr, eps=eps, weight_decay=weight_decay, seed=seed)
+        super().__init__(params, lr=lr, eps=eps, weight_decay=weight_decay, seed=seed, **options)
         for block in self.masked_blocks():
             self.state[block.param]["threshold"] = magnitude_threshold(block.param, self.keep)
         self.build_masks()
@@ -88,26 +89,21 @@ class SparseMeZO(MeZO):
         packed = self.state[block.param].get("mask")
         return None if packed is None else unpack_bits(packed, block.param.numel()).view_as(block.param)
 
-    def direction_chunks(self, block: Block, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(view of θ_b, m_b ⊙ z_b chunk): the masked direction, one chunk at a time (chunk bounds are
-        multiples of 8, so each chunk's mask bits start on a byte)."""
+    def transform(self, ctx: StepContext, block: Block, span: slice, z: torch.Tensor) -> torch.Tensor:
+        """m_b ⊙ z_b on one span (only the span's bytes of the packed mask are unpacked)."""
         packed = self.state[block.param].get("mask")
         if packed is None:
-            yield from super().direction_chunks(block, seed)
-            return
-        flat = block.param.data.view(-1)
-        for span, z in self.directions.spans(block.param, seed, block.index):
-            bits = unpack_bits(packed[span.start // 8: (span.stop + 7) // 8], span.stop - span.start)
-            yield flat[span], z.mul_(bits)
+            return z
+        first = span.start // 8
+        bits = unpack_bits(packed[first:(span.stop + 7) // 8], span.stop - 8 * first)[span.start - 8 * first:]
+        return z.mul_(bits)
 
-    @torch.no_grad()
-    def step(self, closure: Callable[[], torch.Tensor]) -> float:  # type: ignore[override]
-        """One masked MeZO step; with ``mask_source=step`` the mask is rebuilt first, then fixed for all four passes."""
-        if self.mask_source == "step" and closure is not None:
+    def plan(self, ctx: StepContext) -> bool:
+        """With ``mask_source=step`` the mask is rebuilt from the current weights, then fixed for the step."""
+        if self.mask_source == "step":
             self.build_masks()
-        loss = super().step(closure)
-        self.last_stats["sparse/kept_fraction"] = self.kept_fraction()
-        return loss
+        ctx.stats["sparse/kept_fraction"] = self.kept_fraction()
+        return True
 
     def kept_fraction(self) -> float:
         """Fraction of all trainable entries that the current masks perturb (dense tensors count fully)."""
