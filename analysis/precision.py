@@ -1,6 +1,6 @@
 """Half precision, exactly: does a bfloat16 MeZO run learn like the float32 one (issue 16, optimizers.md §1.3-1.4)?
 
-    python -m analysis.precision --out analysis/results/precision-smollm2-sst2            # ~1.5 h on 2 CPU cores
+    python -m analysis.precision --out analysis/results/precision-smollm2-sst2            # ~1.3 h on 2 CPU cores
     python -m analysis.precision --out /tmp/precision --steps 20 --skip-model              # the plain-tensor part only
 
 Two parts, both written to OUT/precision.md and OUT/precision.json:
@@ -65,7 +65,7 @@ def curvzo_run(args: list[str]) -> None:
 def run_arm(name: str, out: Path, opts: argparse.Namespace) -> dict:
     """Train one arm, then its lr -> 0 twin; return the curve, the test accuracies, s/step and the drift."""
     dtype, probe, rounding = ARMS[name]
-    common = ["model=smollm2-135m", "task=sst2", "optimizer=mezo", "budget=cpu_local", f"seed={opts.seed}",
+    common = [f"model={opts.model}", "task=sst2", "optimizer=mezo", "budget=cpu_local", f"seed={opts.seed}",
               f"paths.data_dir={opts.data_dir}", f"model.dtype={dtype}", f"optimizer.probe={probe}",
               f"optimizer.update_rounding={rounding}", f"budget.max_steps={opts.steps}", "budget.max_forward_passes=null",
               "budget.eval_every_forward_passes=null", f"budget.num_dev={opts.num_dev}",
@@ -84,10 +84,10 @@ def run_arm(name: str, out: Path, opts: argparse.Namespace) -> dict:
     return {"arm": name, "dtype": dtype, "probe": probe, "update_rounding": rounding, "curve": curve,
             "test_acc_final": curve[-1][2], "dev_acc_final": curve[-1][1],
             "test_acc_at_best_dev": summary["test_at_best_dev"].get("test_acc"),
-            "sec_per_step": summary["sec_per_step"], "drift": model_drift(still_dir, dtype)}
+            "sec_per_step": summary["sec_per_step"], "drift": model_drift(still_dir, opts.model, dtype)}
 
 
-def model_drift(run_dir: Path, dtype: str) -> dict:
+def model_drift(run_dir: Path, model: str, dtype: str) -> dict:
     """‖θ_T − θ_0‖ / ‖θ_0‖ of the lr -> 0 run, from its checkpointed weights and a fresh load of the model."""
     from hydra import compose, initialize_config_dir
 
@@ -97,7 +97,7 @@ def model_drift(run_dir: Path, dtype: str) -> dict:
     from curvzo.utils.instantiate import instantiate
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("config", overrides=["model=smollm2-135m", f"model.dtype={dtype}", "optimizer=none"])
+        cfg = compose("config", overrides=[f"model={model}", f"model.dtype={dtype}", "optimizer=none"])
     start = trainable_parameters(instantiate(cfg.model, "model").model)
     tensors = load_checkpoint(run_dir / "checkpoint.safetensors").tensors
     moved_sq = total_sq = moved = count = 0.0
@@ -110,7 +110,7 @@ def model_drift(run_dir: Path, dtype: str) -> dict:
     return {"relative_drift": (moved_sq / total_sq) ** 0.5, "moved_fraction": moved / count}
 
 
-def plot(results: list[dict], path: Path) -> None:
+def plot(results: list[dict], path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -122,7 +122,7 @@ def plot(results: list[dict], path: Path) -> None:
         ax.plot(steps, dev, marker="o", label=row["arm"])
     ax.set_xlabel("step")
     ax.set_ylabel("dev accuracy")
-    ax.set_title("MeZO, SmolLM2-135M, SST-2: one seed, same lr and data")
+    ax.set_title(f"MeZO, {title}, SST-2: one seed, same lr and data")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -137,7 +137,7 @@ def to_markdown(drift: list[dict], results: list[dict], opts: argparse.Namespace
     lines += [f"| {r['dtype']} | {r['probe']} | {100 * r['relative_drift']:.3g} % | {100 * r['moved_fraction']:.3g} % |"
               for r in drift]
     if results:
-        lines += ["", f"## SmolLM2-135M, SST-2, MeZO, lr {opts.lr}, seed {opts.seed}, {opts.steps} steps, "
+        lines += ["", f"## {opts.model}, SST-2, MeZO, lr {opts.lr}, seed {opts.seed}, {opts.steps} steps, "
                       f"{opts.num_dev} dev / {opts.num_test} test examples", "",
                   "| arm | dev acc (final) | test acc (final) | test acc at best dev | s/step | "
                   f"drift at lr → 0 after {opts.steps} steps | weights moved at lr → 0 |",
@@ -160,11 +160,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=1e-4, help="MeZO lr for every arm (default 1e-4, "
                                                                  "conf/model_optimizer/smollm2-135m_mezo_full.yaml)")
     parser.add_argument("--seed", type=int, default=0, help="run seed (default 0)")
-    parser.add_argument("--eval-every", type=int, default=25, help="dev/test every N steps (default 25)")
+    parser.add_argument("--eval-every", type=int, default=50, help="dev/test every N steps (default 50)")
     parser.add_argument("--num-dev", type=int, default=200, help="dev examples (default 200)")
     parser.add_argument("--num-test", type=int, default=500, help="test examples (default 500)")
     parser.add_argument("--drift-steps", type=int, default=2000, help="plain-tensor drift steps (default 2000)")
     parser.add_argument("--data-dir", default="../shared/data", help="paths.data_dir (default ../shared/data)")
+    parser.add_argument("--model", default="smollm2-135m", help="conf/model/<name>.yaml (default smollm2-135m)")
     parser.add_argument("--skip-model", action="store_true", help="only the plain-tensor part")
     opts = parser.parse_args(argv)
     opts.out.mkdir(parents=True, exist_ok=True)
@@ -173,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     drift = plain_tensor_drift(opts.drift_steps)
     results = [] if opts.skip_model else [run_arm(name, opts.out, opts) for name in ARMS]
     if results:
-        plot(results, opts.out / "dev_curves.png")
+        plot(results, opts.out / "dev_curves.png", opts.model)
     (opts.out / "precision.json").write_text(json.dumps({"command": command, "drift": drift, "arms": results,
                                                          "wall_s": time.perf_counter() - started}, indent=2) + "\n")
     (opts.out / "precision.md").write_text(to_markdown(drift, results, opts, command))

@@ -75,3 +75,15 @@ def test_dev_curves_follow_forward_passes_and_draw(tmp_path, capsys):
     assert table.loc["curvzo", 2] == pytest.approx(65.0)
     assert curves_main([str(tmp_path), "--png", str(tmp_path / "c.png")]) == 0
     assert (tmp_path / "c.png").stat().st_size > 1000
+
+
+def test_the_precision_study_measures_drift_only_for_in_place_probes():
+    from analysis.precision import plain_tensor_drift
+
+    rows = {(r["dtype"], r["probe"]): r for r in plain_tensor_drift(steps=20, numel=20_000)}
+    for dtype in ("float32", "bfloat16", "float16"):
+        assert rows[(dtype, "exact")]["relative_drift"] == 0 == rows[(dtype, "exact")]["moved_fraction"]
+        assert rows[(dtype, "inplace")]["moved_fraction"] > 0.5
+    # half precision rounds far coarser: bfloat16 (8 bits) > float16 (11 bits) > float32 (24 bits)
+    assert rows[("bfloat16", "inplace")]["relative_drift"] > rows[("float16", "inplace")]["relative_drift"] \
+        > rows[("float32", "inplace")]["relative_drift"] > 0

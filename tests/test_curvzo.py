@@ -215,10 +215,10 @@ def test_an_empty_draw_makes_no_forward_pass_and_no_update_and_keeps_the_estimat
     curvature, target = [2.0, 0.5], [torch.zeros(3, dtype=torch.float64), torch.zeros(2, dtype=torch.float64)]
     opt = CurvZO(params, lr=1.0, eps=1e-3, seed=0, sampling="uniform", budget_mode="fixed", fixed_fraction=0.1)
     closure = quadratic(params, curvature, target)
-    mean, updates = mean_update(opt, params, closure, 40_000, opt.scores.clone())
+    mean, updates = mean_update(opt, params, closure, 20_000, opt.scores.clone())
     empty = sum(1 for r in opt.trajectory if r.get("empty"))
-    assert abs(empty / 40_000 - 0.81) < 0.01
-    assert opt.forward_passes == 2 * (40_000 - empty)  # an empty step spends nothing
+    assert abs(empty / 20_000 - 0.81) < 0.015
+    assert opt.forward_passes == 2 * (20_000 - empty)  # an empty step spends nothing
     truth = true_gradient(params, curvature, target)
     stderr = updates.std(0) / math.sqrt(updates.shape[0])
     assert torch.all((mean - truth).abs() <= 4 * stderr), (mean, truth, stderr)

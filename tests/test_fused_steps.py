@@ -48,13 +48,13 @@ def _straightforward_step(opt, closure) -> None:
 def count_draws(monkeypatch):
     """Counts how often any block's z is (re)generated."""
     calls = []
-    original = DirectionSampler.for_each_piece
+    original = DirectionSampler.run_jobs
 
-    def for_each_piece(self, tensor, seed, block, fn, **kwargs):
-        calls.append(block)
-        return original(self, tensor, seed, block, fn, **kwargs)
+    def run_jobs(self, jobs):
+        calls.extend(job.block for job in jobs)
+        return original(self, jobs)
 
-    monkeypatch.setattr(DirectionSampler, "for_each_piece", for_each_piece)
+    monkeypatch.setattr(DirectionSampler, "run_jobs", run_jobs)
     return calls
 
 

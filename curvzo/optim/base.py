@@ -35,7 +35,14 @@ import torch
 from curvzo.optim import rounding
 from curvzo.optim.blocks import Block, collect_blocks
 from curvzo.optim.checks import check_choice, check_nonnegative, check_positive, optimizer_state_bytes
-from curvzo.optim.directions import DISTRIBUTIONS, DirectionSampler, default_workers, give_buffer, take_buffer
+from curvzo.optim.directions import (
+    DISTRIBUTIONS,
+    DirectionSampler,
+    PieceJob,
+    default_workers,
+    give_buffer,
+    take_buffer,
+)
 from curvzo.optim.probe import PROBES, ExactProbe, WriteFn
 from curvzo.optim.streams import RNG_CONTRACT_VERSION, step_seed
 
@@ -200,12 +207,11 @@ class ZerothOrderOptimizer(torch.optim.Optimizer, ABC):
         self.forward_passes += 1
         return float(closure())
 
-    def direction_pieces(self, ctx: StepContext, block: Block, fn: Callable[[slice, torch.Tensor], Any], *,
-                         into: torch.Tensor | None = None, seed: int | None = None) -> list[Any]:
-        """``fn(span, z)`` over the pieces of z_b under ``seed`` (this step's s_t by default), on the
-        drawing threads (:meth:`DirectionSampler.for_each_piece`)."""
-        return self.directions.for_each_piece(block.param, ctx.seed if seed is None else seed, block.index, fn,
-                                              into=into)
+    def piece_job(self, ctx: StepContext, block: Block, fn: Callable[[slice, torch.Tensor], Any], *,
+                  into: torch.Tensor | None = None, seed: int | None = None) -> PieceJob:
+        """``fn(span, z)`` over the pieces of z_b under ``seed`` (this step's s_t by default), for
+        :meth:`DirectionSampler.run_jobs`, which runs the pieces of many blocks on the drawing threads."""
+        return PieceJob(block.param, ctx.seed if seed is None else seed, block.index, fn, into)
 
     def transform(self, ctx: StepContext, block: Block, span: slice, z: torch.Tensor) -> torch.Tensor:
         """The method's direction d_b from z_b on one piece, in place (Sparse-MeZO masks, HiZOO scales);
@@ -228,25 +234,29 @@ class ZerothOrderOptimizer(torch.optim.Optimizer, ABC):
         return self.evaluate(lambda: self.prober.loss(ctx.closure, ctx.blocks, self.perturbed_writer(ctx, sign)))
 
     def perturbed_writer(self, ctx: StepContext, sign: float) -> WriteFn:
-        """``write(block, out)``: out ← θ_b + sign·ε_b·d_b, computed in float32 and rounded once."""
-        def write(block: Block, out: torch.Tensor) -> None:
-            stored = block.param.data.view(-1)
-            alpha = sign * block.group["eps"]
+        """``write([(block, out), ...])``: out ← θ_b + sign·ε_b·d_b, computed in float32 and rounded once."""
+        def write(pairs: list[tuple[Block, torch.Tensor]]) -> None:
+            jobs = []
+            for block, out in pairs:
+                stored = block.param.data.view(-1)
+                alpha = sign * block.group["eps"]
 
-            def piece(span: slice, z: torch.Tensor) -> None:
-                d = self.transform(ctx, block, span, z)
-                if stored.dtype not in rounding.HALF:  # float32 (z drawn straight into the scratch), float64
-                    torch.add(stored[span], d, alpha=alpha, out=out[span])
-                    return
-                work = self.fp32_copy(stored[span])
-                out[span].copy_(work.add_(d, alpha=alpha))  # rounded once to the weight dtype
-                give_buffer(work)
+                def piece(span: slice, z: torch.Tensor, block=block, out=out, stored=stored, alpha=alpha) -> None:
+                    d = self.transform(ctx, block, span, z)
+                    if stored.dtype not in rounding.HALF:  # float32 (z drawn straight into the scratch), float64
+                        torch.add(stored[span], d, alpha=alpha, out=out[span])
+                        return
+                    work = self.fp32_copy(stored[span])
+                    out[span].copy_(work.add_(d, alpha=alpha))  # rounded once to the weight dtype
+                    give_buffer(work)
 
-            self.direction_pieces(ctx, block, piece, into=out if stored.dtype == torch.float32 else None)
+                jobs.append(self.piece_job(ctx, block, piece, into=out if stored.dtype == torch.float32 else None))
+            self.directions.run_jobs(jobs)
         return write
 
     def shift(self, ctx: StepContext, scale: float) -> None:
         """In place: θ_b += scale·ε_b·d_b over ``ctx.blocks``, rounded to nearest (the official codes)."""
+        jobs = []
         for block in ctx.blocks:
             stored = block.param.data.view(-1)
             alpha = scale * block.group["eps"]
@@ -260,7 +270,8 @@ class ZerothOrderOptimizer(torch.optim.Optimizer, ABC):
                 stored[span].copy_(work.add_(d, alpha=alpha))
                 give_buffer(work)
 
-            self.direction_pieces(ctx, block, piece)
+            jobs.append(self.piece_job(ctx, block, piece))
+        self.directions.run_jobs(jobs)
 
     # updates ----------------------------------------------------------------------------------------
     @staticmethod
@@ -279,8 +290,9 @@ class ZerothOrderOptimizer(torch.optim.Optimizer, ABC):
         rounding bits keyed by (the same seed, block, sub-chunk). Pieces run on the drawing threads,
         so ``rule`` must touch only its piece; what it returns comes back per block, in piece order."""
         seed = ctx.seed if seed is None else seed
-        results = {}
-        for block in ctx.blocks if blocks is None else blocks:
+        blocks = ctx.blocks if blocks is None else blocks
+        jobs = []
+        for block in blocks:
             stored = block.param.data.view(-1)
             mode = self.rounding_for(block)
 
@@ -293,8 +305,8 @@ class ZerothOrderOptimizer(torch.optim.Optimizer, ABC):
                 give_buffer(work)
                 return value
 
-            results[block.index] = self.direction_pieces(ctx, block, piece, seed=seed)
-        return results
+            jobs.append(self.piece_job(ctx, block, piece, seed=seed))
+        return dict(zip((b.index for b in blocks), self.directions.run_jobs(jobs)))
 
     def restore_span(self, ctx: StepContext, block: Block, d: torch.Tensor, work: torch.Tensor) -> None:
         """After an in-place probe, θ_b + ε_b·d_b on one piece (a no-op after an exact probe)."""

@@ -226,6 +226,10 @@ class CurvZO(ZerothOrderOptimizer):
         """The per-block scores S (float32): CurvZO's only state beyond the step counter."""
         return super().state_bytes() + self.scores.numel() * self.scores.element_size()
 
+    def describe(self) -> dict[str, Any]:
+        """State size and the steps whose draw selected no block (no forward pass, no update)."""
+        return {**super().describe(), "empty_steps": self.empty_steps}
+
     # checkpointing ----------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         state = super().state_dict()

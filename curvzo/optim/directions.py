@@ -22,7 +22,7 @@ from __future__ import annotations
 import functools
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -76,6 +76,16 @@ def run_pieces(fn: Callable[[int], None], count: int, workers: int) -> None:
 
     for future in [_executor(workers).submit(share, w) for w in range(workers)]:
         future.result()
+
+
+class PieceJob(NamedTuple):
+    """``fn(span, z)`` over the pieces of z_block under ``seed`` for ``tensor`` (z written into ``into`` if given)."""
+
+    tensor: torch.Tensor
+    seed: int
+    block: int
+    fn: Callable[[slice, torch.Tensor], Any]
+    into: torch.Tensor | None = None
 
 
 class _PerThread(threading.local):
@@ -156,11 +166,16 @@ class DirectionSampler:
             return
         n = piece.numel()
         words = take_buffer(piece.device, (n + 63) // 64, torch.int64)[: (n + 63) // 64]
+        index = take_buffer(piece.device, 8 * words.numel(), torch.int32)[: 8 * words.numel()]
         try:
             words.random_(-(2**63), None, generator=gen)  # all 64 bits of each word
-            signs = _sign_table(piece.device)[words.view(torch.uint8).int()]  # one row of 8 signs per byte
-            piece.copy_(signs.view(-1)[:n])
+            index.copy_(words.view(torch.uint8))  # one byte, eight signs
+            if n % 8 == 0:
+                torch.index_select(_sign_table(piece.device), 0, index[: n // 8], out=piece.view(-1, 8))
+            else:
+                piece.copy_(_sign_table(piece.device).index_select(0, index[: -(-n // 8)]).view(-1)[:n])
         finally:
+            give_buffer(index)
             give_buffer(words)
 
     def fill(self, z: torch.Tensor, seed: int, block: int, start: int = 0) -> torch.Tensor:
@@ -186,27 +201,38 @@ class DirectionSampler:
         ``tensor.numel()`` elements, when given, else in a per-thread buffer ``fn`` may overwrite).
         ``fn`` must touch only what ``span`` addresses; then nothing depends on the number of threads.
         """
-        numel = tensor.numel()
-        sub = self.sub_chunk(tensor.device)
-        subs = -(-numel // sub)
-        count = min(subs, max(-(-subs // PIECE_SUB_CHUNKS), MIN_PIECES))
-        results: list[Any] = [None] * count
+        return self.run_jobs([PieceJob(tensor, seed, block, fn, into)])[0]
 
-        def run(i: int) -> None:
-            first, last = i * subs // count, (i + 1) * subs // count  # sub-chunks [first, last)
+    def run_jobs(self, jobs: list[PieceJob]) -> list[list[Any]]:
+        """:meth:`for_each_piece` for several blocks at once: all their pieces go to the threads in one
+        hand-over (one wait, and the pieces of a small block no longer leave a thread idle)."""
+        tasks: list[tuple[int, int, int, int]] = []  # (job, piece, first sub-chunk, last sub-chunk)
+        results: list[list[Any]] = []
+        for j, job in enumerate(jobs):
+            sub = self.sub_chunk(job.tensor.device)
+            subs = -(-job.tensor.numel() // sub)
+            count = min(subs, max(-(-subs // PIECE_SUB_CHUNKS), MIN_PIECES))
+            results.append([None] * count)
+            tasks += [(j, i, i * subs // count, (i + 1) * subs // count) for i in range(count)]
+
+        def run(t: int) -> None:
+            j, i, first, last = tasks[t]
+            job = jobs[j]
+            sub, numel = self.sub_chunk(job.tensor.device), job.tensor.numel()
             span = slice(first * sub, min(last * sub, numel))
             n = span.stop - span.start
-            buf = None if into is not None else take_buffer(tensor.device, n)
+            buf = None if job.into is not None else take_buffer(job.tensor.device, n)
             try:
-                z = into[span] if into is not None else buf[:n]
+                z = job.into[span] if job.into is not None else buf[:n]
                 for c in range(first, last):
-                    self._draw(z[(c - first) * sub:(c - first + 1) * sub], mix64(seed, block, c))
-                results[i] = fn(span, z)
+                    self._draw(z[(c - first) * sub:(c - first + 1) * sub], mix64(job.seed, job.block, c))
+                results[j][i] = job.fn(span, z)
             finally:
                 if buf is not None:
                     give_buffer(buf)
 
-        run_pieces(run, count, self.workers if tensor.device.type == "cpu" else 1)
+        on_cpu = all(job.tensor.device.type == "cpu" for job in jobs)
+        run_pieces(run, len(tasks), self.workers if on_cpu else 1)
         return results
 
     def spans(self, tensor: torch.Tensor, seed: int, block: int, *,

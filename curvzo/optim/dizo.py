@@ -171,8 +171,9 @@ class DiZO(MeZO):
             return self.evaluate(closure)
         by_index = dict(zip((b.index for b in blocks), ratios.tolist()))
 
-        def write(block: Block, out: torch.Tensor) -> None:
-            out.copy_(self._rescaled(block, by_index[block.index]).view(-1))  # float32 math, rounded once
+        def write(pairs: list[tuple[Block, torch.Tensor]]) -> None:
+            for block, out in pairs:
+                out.copy_(self._rescaled(block, by_index[block.index]).view(-1))  # float32 math, rounded once
 
         return self.evaluate(lambda: self.prober.loss(closure, blocks, write))
 

@@ -217,8 +217,9 @@ class LOREN(ZerothOrderOptimizer):
             queries = {b.index: self._query(b, seed, self.state[b.param]["cov_factor"], colsums, k)
                        for b in self._blocks}
             if self.probe_mode == "exact":
-                def write(block: Block, out: torch.Tensor, seed=seed, queries=queries) -> None:
-                    self._write_perturbed(block, seed, queries[block.index], out)
+                def write(pairs: list, seed=seed, queries=queries) -> None:
+                    for block, out in pairs:
+                        self._write_perturbed(block, seed, queries[block.index], out)
                 losses.append(self.evaluate(lambda: self.prober.loss(ctx.closure, self._blocks, write)))
             else:
                 for block in self._blocks:

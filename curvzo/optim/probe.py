@@ -5,13 +5,13 @@ the length of one closure call, a forward pre-hook that materialises its perturb
 computed in float32, rounded once into a scratch tensor of the weight dtype) and points the parameters
 at them, and a forward hook that points them back and drops the scratch. The stored θ is never
 touched, so it is bit-identical after any number of probes, in any dtype (optimizers.md §1.3); the
-extra memory is one module's (one layer's) weights; tied weights, owned by several modules, keep their
-scratch for the whole forward pass.
+extra memory is one module's (one layer's) weights. Tied weights, owned by several modules, keep their
+scratch from the first of them to the end of the forward pass.
 
 Which module owns which tensor comes from ``bind(model)``. A tensor no module of the bound model owns
 (a plain tensor, or no model bound) is materialised for the whole closure. A parameter that the
 forward reads outside its owner's own forward would silently escape the perturbation: the first
-probes that perturb it watch every operation and raise one clear line if that happens.
+probes that perturb it watch every torch call and raise one clear line if that happens.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
+from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_leaves
 
 from curvzo.errors import ConfigError
@@ -29,8 +29,8 @@ from curvzo.optim.blocks import Block
 
 PROBES = ("exact", "inplace")
 
-#: ``write(block, out)`` fills the flat ``out`` (the weight dtype) with the perturbed θ_b.
-WriteFn = Callable[[Block, torch.Tensor], None]
+#: ``write([(block, out), ...])`` fills each flat ``out`` (the weight dtype) with the perturbed θ_b.
+WriteFn = Callable[[list[tuple[Block, torch.Tensor]]], None]
 
 
 class ExactProbe:
@@ -39,7 +39,7 @@ class ExactProbe:
     def __init__(self) -> None:
         self._modules: list[tuple[torch.nn.Module, list[Block]]] = []
         self._owned: set[int] = set()
-        self._shared: set[int] = set()
+        self._tied: set[int] = set()  # blocks owned by several units (an embedding tied to the LM head)
         self._unchecked: set[int] = set()  # owned blocks no probe has watched yet
         self._arena = _Arena()
 
@@ -63,21 +63,20 @@ class ExactProbe:
                 units.setdefault(unit, []).extend(b for b in owned if b not in units.get(unit, []))
         self._modules = [(names[unit], owned) for unit, owned in units.items()]
         owners = Counter(b.index for _, owned in self._modules for b in owned)
-        self._owned, self._shared = set(owners), {i for i, count in owners.items() if count > 1}
+        self._owned, self._tied = set(owners), {i for i, count in owners.items() if count > 1}
         self._unchecked = set(self._owned)
 
     def unit_bytes(self) -> int:
-        """Bytes of the largest unit's weights: what a probe adds to inference memory (plus tied weights)."""
-        return max((sum(b.param.numel() * b.param.element_size() for b in owned) for _, owned in self._modules),
-                   default=0)
-
-    @property
-    def bound(self) -> bool:
-        return bool(self._owned)
+        """What a probe adds to inference memory: the largest unit's untied weights plus every tied tensor."""
+        def size(blocks):
+            return sum(b.param.numel() * b.param.element_size() for b in blocks)
+        tied = {b.index: b for _, owned in self._modules for b in owned if b.index in self._tied}
+        return max((size([b for b in owned if b.index not in self._tied]) for _, owned in self._modules),
+                   default=0) + size(tied.values())
 
     def loss(self, closure: Callable[[], torch.Tensor], blocks: Sequence[Block], write: WriteFn) -> torch.Tensor:
         """``closure()`` with every block in ``blocks`` perturbed as ``write`` says; θ is left as it was."""
-        session = _Session(write, self._shared, self._arena)
+        session = _Session(write, self._arena, self._tied)
         perturbed = {b.index for b in blocks}
         handles = []
         try:
@@ -104,21 +103,12 @@ class ExactProbe:
 
 
 class _Arena:
-    """Scratch memory reused across units and probes: one flat buffer per (dtype, device) for the unit
-    being run (it grows to the largest unit), and one buffer per tied tensor, kept for the forward pass."""
+    """Scratch memory reused across units and probes: one flat buffer per (dtype, device), which grows to
+    the largest unit's weights, and one buffer per tied tensor."""
 
     def __init__(self) -> None:
         self.free: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
         self.tied: dict[int, torch.Tensor] = {}
-
-    def tied_buffer(self, block: Block) -> torch.Tensor:
-        """The scratch of a tied block (the same buffer every probe: no fresh pages each time)."""
-        buf = self.tied.get(block.index)
-        if buf is None:
-            with torch.inference_mode(False):
-                buf = self.tied[block.index] = torch.empty(block.param.numel(), dtype=block.param.dtype,
-                                                           device=block.param.device)
-        return buf
 
     def take(self, dtype: torch.dtype, device: torch.device, numel: int) -> torch.Tensor:
         buf = self.free.pop((dtype, device), None)
@@ -134,46 +124,58 @@ class _Arena:
         if kept is None or kept.numel() < buf.numel():
             self.free[key] = buf
 
+    def tied_buffer(self, block: Block) -> torch.Tensor:
+        """The scratch of a tied block: the same buffer every probe (no fresh pages each time)."""
+        buf = self.tied.get(block.index)
+        if buf is None:
+            with torch.inference_mode(False):
+                buf = self.tied[block.index] = torch.empty(block.param.numel(), dtype=block.param.dtype,
+                                                           device=block.param.device)
+        return buf
+
 
 class _Session:
-    """One closure call: which blocks currently point at their scratch, and the scratch itself."""
+    """One closure call: which blocks currently point at their scratch, and the scratch itself.
 
-    def __init__(self, write: WriteFn, shared: set[int], arena: _Arena) -> None:
-        self.write, self.shared, self.arena = write, shared, arena
+    A tied block keeps its perturbed weights from its first unit to the end of the closure, so a forward
+    pass draws its z once (SmolLM2's embedding is 21 % of the model), for the memory of one tensor."""
+
+    def __init__(self, write: WriteFn, arena: _Arena, tied: set[int]) -> None:
+        self.write, self.arena, self.tied = write, arena, tied
         self.stored: dict[int, tuple[Block, torch.Tensor]] = {}
-        self.tied: dict[int, torch.Tensor] = {}  # scratch of tied blocks, kept until the closure returns
+        self.written: set[int] = set()  # tied blocks whose scratch holds this probe's weights
         self.depth: Counter = Counter()
         self.units: list[list[torch.Tensor]] = []  # the arena buffers of the units now running, innermost last
         self.entered: set[int] = set()  # blocks whose module ran
         self.materializing = False  # read by the escape watch: our own reads of θ are not escapes
 
     def enter(self, blocks: list[Block]) -> None:
-        """Point ``blocks`` at their perturbed weights; the untied ones share one arena buffer per dtype."""
+        """Point ``blocks`` at their perturbed weights, materialised into one arena buffer per dtype."""
         self.materializing = True
         try:
-            fresh = [b for b in blocks if self.depth[b.index] == 0]
+            fresh = [b for b in blocks if self.depth[b.index] == 0]  # a block already pointing at scratch stays
             for block in blocks:
                 self.depth[block.index] += 1
                 self.entered.add(block.index)
             taken: list[torch.Tensor] = []
-            views: dict[int, torch.Tensor] = {}
-            untied = [b for b in fresh if b.index not in self.shared]
-            for (dtype, device), group in _by_kind(untied).items():
+            pairs: list[tuple[Block, torch.Tensor]] = []  # to write now
+            outs: list[tuple[Block, torch.Tensor]] = []  # to point at
+            for (dtype, device), group in _by_kind([b for b in fresh if b.index not in self.tied]).items():
                 buf = self.arena.take(dtype, device, sum(b.param.numel() for b in group))
                 taken.append(buf)
                 offset = 0
                 for block in group:
-                    views[block.index] = buf[offset:offset + block.param.numel()]
+                    pairs.append((block, buf[offset:offset + block.param.numel()]))
                     offset += block.param.numel()
-            for block in fresh:
-                if block.index in self.shared:
-                    if block.index not in self.tied:
-                        self.tied[block.index] = self.arena.tied_buffer(block)
-                        self.write(block, self.tied[block.index])
-                    out = self.tied[block.index]
-                else:
-                    out = views[block.index]
-                    self.write(block, out)
+            outs += pairs
+            for block in (b for b in fresh if b.index in self.tied):
+                out = self.arena.tied_buffer(block)
+                if block.index not in self.written:
+                    pairs.append((block, out))
+                    self.written.add(block.index)
+                outs.append((block, out))
+            self.write(pairs)  # the whole unit in one hand-over to the drawing threads
+            for block, out in outs:
                 self.stored[block.index] = (block, block.param.data)
                 block.param.data = out.view_as(block.param)
             self.units.append(taken)
@@ -211,7 +213,6 @@ class _Session:
             for buf in taken:
                 self.arena.give(buf)
         self.units.clear()
-        self.tied.clear()
         self.depth.clear()
 
 
@@ -222,8 +223,19 @@ def _by_kind(blocks: list[Block]) -> dict[tuple[torch.dtype, torch.device], list
     return groups
 
 
-class _EscapeWatch(TorchDispatchMode):
-    """Records every operation that reads the stored storage of a perturbed block while a probe runs."""
+# Tensor methods that read metadata, not values: a module may ask any parameter for these.
+_METADATA = {"size", "dim", "numel", "nelement", "ndimension", "stride", "storage_offset", "data_ptr",
+             "element_size", "is_contiguous", "is_floating_point", "is_complex", "get_device", "untyped_storage",
+             "__len__", "__hash__", "__eq__", "__bool__", "requires_grad_", "__repr__", "__format__"}
+
+
+class _EscapeWatch(TorchFunctionMode):
+    """Records every torch function that reads the stored values of a perturbed block while a probe runs.
+
+    A function mode (not a dispatch mode, under which kernels take other paths: a SmolLM2 forward's
+    peak memory rose by 370 MB) sees each call with the tensors as passed; inside the owner's forward
+    the parameter points at its scratch, so a call that still touches the stored storage is an escape.
+    """
 
     def __init__(self, blocks: list[Block], session: _Session) -> None:
         super().__init__()
@@ -233,12 +245,13 @@ class _EscapeWatch(TorchDispatchMode):
         self.starts = [start for (start, _), _ in self.ranges]
         self.escaped: tuple[Block, str] | None = None
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if self.escaped is None and not self.session.materializing:
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", str(func))
+        if self.escaped is None and not self.session.materializing and name != "__get__" and name not in _METADATA:
             for arg in tree_leaves((args, kwargs)):
                 block = self._stored_block(arg) if isinstance(arg, torch.Tensor) else None
                 if block is not None:
-                    self.escaped = (block, str(func.overloadpacket))
+                    self.escaped = (block, name)
                     break
         return func(*args, **(kwargs or {}))
 
