@@ -15,3 +15,7 @@ class DataError(CurvzoError):
 
 class ModelLoadError(CurvzoError):
     """A model or tokenizer that cannot be loaded (typically offline)."""
+
+
+class RunDirectoryError(CurvzoError):
+    """A run directory that this job may neither resume nor start in; the job leaves it untouched."""

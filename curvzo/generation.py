@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 
 from curvzo.peft_modes import prefix_length
-from curvzo.scoring import PAD_TO_MULTIPLE_OF, truncate_left
+from curvzo.scoring import CHARS_PER_TOKEN_BOUND, PAD_TO_MULTIPLE_OF, truncate_left
 
 
 def stop_token_ids(tokenizer) -> set[int]:
@@ -68,7 +68,8 @@ def greedy_tokens(model, tokenizer, prompts: Sequence[str], max_length: int, max
     if prompt_budget < 1:
         raise ValueError(f"max_length {max_length} leaves no room for a prompt beside {max_new_tokens} new tokens")
     bos = tokenizer.bos_token_id
-    sequences = [truncate_left(tokenizer(p.strip(" "))["input_ids"], prompt_budget, bos) for p in prompts]
+    bound = prompt_budget * CHARS_PER_TOKEN_BOUND  # what the left truncation would drop anyway (scoring.py)
+    sequences = [truncate_left(tokenizer(p[-bound:].strip(" "))["input_ids"], prompt_budget, bos) for p in prompts]
     limits = [min(max_new_tokens, max_length - len(s)) for s in sequences]
     stops = stop_token_ids(tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0

@@ -9,9 +9,9 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,18 +31,19 @@ from curvzo.checkpoint import (
 from curvzo.data import load_splits
 from curvzo.errors import ConfigError
 from curvzo.loggers import JsonlLogger, LoggerGroup, MetricLogger, WandbLogger
+from curvzo.models.common import parse_dtype, resolve_device
 from curvzo.optim.base import ZerothOrderOptimizer
 from curvzo.optim.checks import optimizer_state_bytes
 from curvzo.optim.directions import default_workers
 from curvzo.peft_modes import parameter_groups
-from curvzo.preemption import StopRequest
-from curvzo.resume import (
-    build_checkpoint,
-    check_identity,
-    locate_checkpoint,
-    restore,
-    resume_mode,
-    trainable_parameters,
+from curvzo.preemption import Preempted, StopRequest
+from curvzo.resume import build_checkpoint, restore, resume_mode, trainable_parameters
+from curvzo.run_directory import (
+    DirectoryPlan,
+    plan_directory,
+    truncate_metrics,
+    write_status,
+    write_summary,
 )
 from curvzo.train import LoopSettings, TrainingLoop
 from curvzo.utils.instantiate import check_targets, instantiate
@@ -122,7 +123,9 @@ def validate_config(cfg: DictConfig) -> LoopSettings:
             eval_every_forward_passes=_optional_int_at_least(cfg, "budget.eval_every_forward_passes", 1),
         )
         for key in ("budget.num_train", "budget.num_dev", "budget.num_test"):
-            _int_at_least(cfg, key, 0)
+            # training needs examples to draw batches from and a dev set to select on (protocol.md §8)
+            _int_at_least(cfg, key, 1 if trains(cfg) and key != "budget.num_test" else 0)
+        check_model_placement(cfg)
         _int_at_least(cfg, "seed", 0)
         _int_at_least(cfg, "data_seed", 0)
         _int_at_least(cfg, "direction_workers", 0)
@@ -141,13 +144,26 @@ def validate_config(cfg: DictConfig) -> LoopSettings:
                 raise ConfigError(f"optimizer.lr must be a finite number > 0, got {lr!r}")
             # a dry construction on a dummy tensor runs the optimizer's own argument checks
             dummy = torch.nn.Parameter(torch.zeros(1))
-            instantiate(optimizer_kwargs(cfg), "optimizer")([dummy])
+            dry = instantiate(optimizer_kwargs(cfg), "optimizer")([dummy])
+            first_step = dry.forward_passes_next_step() if isinstance(dry, ZerothOrderOptimizer) else 1
+            if settings.max_forward_passes is not None and settings.max_forward_passes < first_step:
+                raise ConfigError(f"budget.max_forward_passes={settings.max_forward_passes} does not cover one step "
+                                  f"({first_step} forward passes): raise it, or set it to null")
     except MissingMandatoryValue as err:
         key = err.full_key or "a value"
         raise ConfigError(f"{key} is required but not set (e.g. add {key}=<value> to the command line)") from None
     except ValueError as err:  # torch.optim's own checks, e.g. 'Invalid beta parameter'
         raise ConfigError(f"optimizer: {err}") from None
     return settings
+
+
+def check_model_placement(cfg: DictConfig) -> None:
+    """model.dtype and model.device, checked before anything loads (the loader checks them again)."""
+    model = cfg.model
+    if "dtype" in model:
+        parse_dtype(model.dtype)
+    if "device" in model and model.get("device_map") is None:
+        resolve_device(model.device)
 
 
 def build_loggers(cfg: DictConfig, output_dir: Path) -> MetricLogger:
@@ -175,18 +191,125 @@ def config_choices() -> dict[str, str]:
     return {k: v for k, v in HydraConfig.get().runtime.choices.items() if v is not None}
 
 
+@dataclass
+class JobParts:
+    """Everything a job builds before it writes anything: data, model, optimizer, schedule, checkpoint."""
+
+    task: Any
+    splits: Any
+    data_fingerprint: str
+    loaded: Any
+    model: torch.nn.Module
+    params: list[torch.nn.Parameter]
+    start_fingerprint: str
+    optimizer: Any
+    scheduler: Any
+    checkpoint: Any = None
+
+
 def run_job(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
-    """Run one configured job in ``output_dir``; returns the summary (also written to disk)."""
+    """Run one configured job in ``output_dir``; returns the summary (also written to disk).
+
+    The lifecycle, top to bottom: validate (nothing loaded), plan the directory (fresh, resume or
+    finished), build data, model and optimizer (nothing written), restore a checkpoint, write the
+    config, train, finish (summary, status, loggers) also when training raised."""
     started = time.perf_counter()
     settings = validate_config(cfg)
     identity = run_identity(cfg)
-    checkpoint_path = locate_checkpoint(resume_mode(cfg.resume), output_dir, Path(cfg.paths.output_root), identity)
-    header = check_identity(checkpoint_path, identity) if checkpoint_path is not None else None
-    if checkpoint_path is not None and checkpoint_path.parent.resolve() != output_dir.resolve():
-        output_dir = adopt_run_dir(output_dir, checkpoint_path.parent)
+    plan = plan_directory(cfg, output_dir, identity)
+    if plan.finished is not None:
+        log.info("%s already holds this finished run (status.json): nothing to do", plan.run_dir)
+        return plan.finished
+    parts = setup(cfg, plan)
+    output_dir = plan.run_dir
+    summary = initial_summary(cfg, output_dir, parts)
+    previous_wall = 0.0
+    if parts.checkpoint is not None:
+        how = restore(parts.checkpoint, parts.params, parts.optimizer, parts.scheduler)
+        log.info("resuming %s after step %d (weights %s, fingerprint verified)", output_dir, parts.checkpoint.step, how)
+        summary["resumed_from_step"] = parts.checkpoint.step
+        previous_wall = float(parts.checkpoint.loop.get("wall_time_s", 0.0))
+        truncate_metrics(output_dir / "metrics.jsonl", parts.checkpoint.step)
     output_dir.mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
+
+    def wall_time() -> float:
+        return previous_wall + time.perf_counter() - started
+
+    zeroth_order = isinstance(parts.optimizer, ZerothOrderOptimizer)
+
+    def write_checkpoint(step: int, loop_state: dict) -> None:
+        saved = build_checkpoint(step, {**loop_state, "wall_time_s": wall_time()}, identity=identity,
+                                 data_fingerprint=parts.data_fingerprint, start_fingerprint=parts.start_fingerprint,
+                                 params=parts.params, optimizer=parts.optimizer,
+                                 store_weights=cfg.checkpoint.weights or not zeroth_order)
+        log.info("checkpoint after step %d: %s", step, save_checkpoint(output_dir, saved))
+
+    logger = build_loggers(cfg, output_dir)
+    logger.log_config(OmegaConf.to_container(cfg, resolve=True))
+    trajectory = open(output_dir / "trajectory.jsonl", "w", encoding="utf-8") if zeroth_order else None
+    if trajectory is not None and parts.checkpoint is not None:
+        trajectory.writelines(json.dumps(record) + "\n" for record in parts.checkpoint.trajectory)
+    status = "failed"
+    with StopRequest() as stop:
+        loop = TrainingLoop(parts.model, parts.loaded.tokenizer, parts.loaded.device, parts.optimizer, parts.scheduler,
+                            parts.splits, settings, logger, seed=cfg.seed, trajectory_file=trajectory,
+                            objective=parts.task.objective, checkpoint_every=cfg.checkpoint.every,
+                            save_checkpoint=write_checkpoint, stop=stop,
+                            resume_state=parts.checkpoint.loop if parts.checkpoint is not None else None)
+        try:
+            status = loop.run().status
+        except Preempted as err:
+            status = err.status
+            raise
+        except KeyboardInterrupt:  # a second signal: stopped at once, the last checkpoint (if any) still holds
+            status = "interrupted"
+            raise
+        finally:
+            if trajectory is not None:
+                trajectory.close()
+            summary["wall_time_s"] = wall_time()
+            finish(loop.result, summary, status, parts.optimizer, output_dir, logger, identity)
+    return summary
+
+
+def setup(cfg: DictConfig, plan: DirectoryPlan) -> JobParts:
+    """Data, model, optimizer and schedule, each built once, checked against a checkpoint; writes nothing."""
+    task = instantiate(cfg.task, "task")
+    splits = load_splits(task, cfg.paths.data_dir, cfg.budget.num_train, cfg.budget.num_dev,
+                         cfg.budget.num_test, cfg.data_seed)
+    data_fingerprint = json_fingerprint([[repr(e) for e in split] for split in (splits.train, splits.dev, splits.test)])
+    if plan.header is not None and plan.header["data_fingerprint"] != data_fingerprint:
+        raise CheckpointError(f"checkpoint {plan.checkpoint_path} was trained on another data sample (data files changed?)")
+    log.info("data: %s (train %d, dev %d, test %d)", splits.source, len(splits.train), len(splits.dev), len(splits.test))
+
+    reset_peak_memory()
+    loaded = instantiate(cfg.model, "model")
+    model = instantiate(cfg.peft.adapter, "peft.adapter")(loaded.model)
+    params = trainable_parameters(model)
+    start_fingerprint = tensor_fingerprint(params) if trains(cfg) else ""
+    checkpoint = None
+    if plan.header is not None:
+        if plan.header["start_fingerprint"] != start_fingerprint:
+            raise CheckpointError(f"checkpoint {plan.checkpoint_path} started from other weights than this model's "
+                                  f"(model files or PEFT init changed?)")
+        checkpoint = load_checkpoint(plan.checkpoint_path)
+    optimizer = None
+    if trains(cfg):
+        weight_decay = float(cfg.optimizer.get("weight_decay", 0.0) or 0.0)
+        optimizer = instantiate(optimizer_kwargs(cfg), "optimizer")(parameter_groups(model, weight_decay))
+        prepare_optimizer(optimizer, model, cfg.direction_workers)
+    scheduler = build_scheduler(cfg, optimizer, cfg.budget.max_steps)
+    torch.manual_seed(cfg.seed)  # dropout in first-order steps (ZO probes run in eval mode); a resume restores it
+    return JobParts(task, splits, data_fingerprint, loaded, model, params, start_fingerprint, optimizer, scheduler,
+                    checkpoint)
+
+
+def initial_summary(cfg: DictConfig, output_dir: Path, parts: JobParts) -> dict[str, Any]:
+    """What the summary says before training: the job's choices, data and model (status ``failed`` until set)."""
     choices = config_choices()
-    summary: dict[str, Any] = {
+    splits = parts.splits
+    return {
         "status": "failed",
         "task": cfg.task.name,
         "model": choices.get("model") or cfg.model.get("name_or_path"),
@@ -202,78 +325,17 @@ def run_job(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         "output_dir": str(output_dir),
         "git_commit": git_commit(),
         "versions": package_versions(),
+        "metric": parts.task.objective.metric,
+        "objective": repr(parts.task.objective),
+        "data": {"source": splits.source, "train": len(splits.train), "dev": len(splits.dev), "test": len(splits.test)},
+        "model_source": parts.loaded.source,
+        "trainable_params": sum(p.numel() for p in parts.model.parameters() if p.requires_grad),
     }
-    task = instantiate(cfg.task, "task")
-    splits = load_splits(task, cfg.paths.data_dir, cfg.budget.num_train, cfg.budget.num_dev,
-                         cfg.budget.num_test, cfg.data_seed)
-    data_fingerprint = json_fingerprint([[repr(e) for e in split] for split in (splits.train, splits.dev, splits.test)])
-    if header is not None and header["data_fingerprint"] != data_fingerprint:
-        raise CheckpointError(f"checkpoint {checkpoint_path} was trained on another data sample (data files changed?)")
-    OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
-    summary["metric"] = task.objective.metric
-    summary["objective"] = repr(task.objective)
-    summary["data"] = {"source": splits.source, "train": len(splits.train), "dev": len(splits.dev), "test": len(splits.test)}
-    log.info("data: %s (train %d, dev %d, test %d)", splits.source, len(splits.train), len(splits.dev), len(splits.test))
-
-    reset_peak_memory()
-    loaded = instantiate(cfg.model, "model")
-    model = instantiate(cfg.peft.adapter, "peft.adapter")(loaded.model)
-    summary["model_source"] = loaded.source
-    summary["trainable_params"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    optimizer = None
-    params = trainable_parameters(model)
-    start_fingerprint = tensor_fingerprint(params) if trains(cfg) else ""
-    checkpoint = None
-    if header is not None:
-        if header["start_fingerprint"] != start_fingerprint:
-            raise CheckpointError(f"checkpoint {checkpoint_path} started from other weights than this model's "
-                                  f"(model files or PEFT init changed?)")
-        checkpoint = load_checkpoint(checkpoint_path)
-    if trains(cfg):
-        weight_decay = float(cfg.optimizer.get("weight_decay", 0.0) or 0.0)
-        optimizer = instantiate(optimizer_kwargs(cfg), "optimizer")(parameter_groups(model, weight_decay))
-        prepare_optimizer(optimizer, model, cfg.direction_workers)
-    scheduler = build_scheduler(cfg, optimizer, settings.max_steps)
-    zeroth_order = isinstance(optimizer, ZerothOrderOptimizer)
-    torch.manual_seed(cfg.seed)  # dropout in first-order steps (ZO probes run in eval mode); a resume restores it
-    if checkpoint is not None:
-        how = restore(checkpoint, params, optimizer, scheduler)
-        log.info("resuming %s after step %d (weights %s, fingerprint verified)", output_dir, checkpoint.step, how)
-        summary["resumed_from_step"] = checkpoint.step
-        truncate_metrics(output_dir / "metrics.jsonl", checkpoint.step)
-
-    def write_checkpoint(step: int, loop_state: dict) -> None:
-        saved = build_checkpoint(step, loop_state, identity=identity, data_fingerprint=data_fingerprint,
-                                 start_fingerprint=start_fingerprint, params=params, optimizer=optimizer,
-                                 store_weights=cfg.checkpoint.weights or not zeroth_order)
-        log.info("checkpoint after step %d: %s", step, save_checkpoint(output_dir, saved))
-
-    logger = build_loggers(cfg, output_dir)
-    logger.log_config(OmegaConf.to_container(cfg, resolve=True))
-    trajectory = open(output_dir / "trajectory.jsonl", "w", encoding="utf-8") if zeroth_order else None
-    if trajectory is not None and checkpoint is not None:
-        trajectory.writelines(json.dumps(record) + "\n" for record in checkpoint.trajectory)
-    status = "failed"
-    with StopRequest() as stop:
-        loop = TrainingLoop(model, loaded.tokenizer, loaded.device, optimizer, scheduler, splits, settings,
-                            logger, seed=cfg.seed, trajectory_file=trajectory, objective=task.objective,
-                            checkpoint_every=cfg.checkpoint.every, save_checkpoint=write_checkpoint, stop=stop,
-                            resume_state=checkpoint.loop if checkpoint is not None else None)
-        try:
-            result = loop.run()
-            status = result.status
-        finally:
-            status = loop.result.status if loop.result.status == "preempted" else status
-            _finish(loop, trajectory, summary, status, started, optimizer, output_dir, logger)
-    return summary
 
 
-def _finish(loop: TrainingLoop, trajectory, summary: dict, status: str, started: float, optimizer, output_dir: Path,
-            logger: MetricLogger) -> None:
-    """Write summary.json and close the loggers, also when the loop raised (failed or preempted)."""
-    result = loop.result
-    if trajectory is not None:
-        trajectory.close()
+def finish(result, summary: dict, status: str, optimizer, output_dir: Path, logger: MetricLogger,
+           identity: dict) -> None:
+    """Write summary.json and status.json and close the loggers, also when the loop raised."""
     summary.update({
         "status": status,
         "steps": result.steps,
@@ -284,36 +346,15 @@ def _finish(loop: TrainingLoop, trajectory, summary: dict, status: str, started:
         "test_at_best_dev": result.test_at_best,
         "last_dev": result.last_dev,
         "train_time_s": result.train_time_s,
-        "wall_time_s": time.perf_counter() - started,
         "sec_per_step": (result.step_time_s / result.steps) if result.steps else None,
         "forward_passes_per_step": (result.forward_passes / result.steps) if result.steps else None,
         "optimizer_info": describe_optimizer(optimizer),
         **peak_memory(),
     })
     write_summary(output_dir, summary)
-    write_status(output_dir, {"status": status, "steps": result.steps})
+    write_status(output_dir, {"status": status, "steps": result.steps, "identity": json_fingerprint(identity)})
     logger.log_summary(_flat_summary(summary))
     logger.close(status)
-
-
-def adopt_run_dir(fresh_dir: Path, run_dir: Path) -> Path:
-    """Continue in ``run_dir``; the directory Hydra just made for this invocation goes if it holds
-    only Hydra's own files, so a resume leaves no stray run directory behind."""
-    log.info("resume: continuing in %s", run_dir)
-    if fresh_dir.is_dir() and all(p.name == ".hydra" or p.suffix == ".log" for p in fresh_dir.iterdir()):
-        shutil.rmtree(fresh_dir, ignore_errors=True)
-    return run_dir
-
-
-def truncate_metrics(path: Path, step: int) -> None:
-    """Drop metrics rows logged after ``step`` (the killed run went on past its checkpoint)."""
-    if not path.is_file():
-        return
-    kept = [line for line in path.read_text(encoding="utf-8").splitlines(keepends=True)
-            if line.strip() and json.loads(line).get("step", 0) <= step]
-    tmp = path.with_suffix(".jsonl.tmp")
-    tmp.write_text("".join(kept), encoding="utf-8")
-    tmp.replace(path)
 
 
 def describe_optimizer(optimizer) -> dict[str, Any]:
@@ -323,24 +364,6 @@ def describe_optimizer(optimizer) -> dict[str, Any]:
     if isinstance(optimizer, ZerothOrderOptimizer):
         return optimizer.describe()
     return {"state_bytes": optimizer_state_bytes(optimizer)}
-
-
-def _write_json_atomically(path: Path, value: dict[str, Any]) -> None:
-    """A temporary file, then a rename: readers never see half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(value, indent=2, default=str) + "\n", encoding="utf-8")
-    tmp.replace(path)
-
-
-def write_summary(output_dir: Path, summary: dict[str, Any]) -> None:
-    """Write summary.json atomically."""
-    _write_json_atomically(output_dir / "summary.json", summary)
-
-
-def write_status(run_dir: Path, status: dict) -> None:
-    """``status.json``: how the job ended (the analysis lists every job not ``finished``)."""
-    if run_dir.is_dir():
-        _write_json_atomically(run_dir / "status.json", status)
 
 
 def _flat_summary(summary: dict[str, Any]) -> dict[str, Any]:

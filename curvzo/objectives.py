@@ -16,9 +16,11 @@ objective on the examples (MeZO selects checkpoints on it) and ``metric`` names 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 
 import torch
+from tqdm.auto import tqdm
 
 from curvzo.example import Example
 from curvzo.generation import greedy_decode
@@ -46,11 +48,41 @@ def _chunks(examples: Sequence[Example], batch_size: int):
         yield ordered[start:start + batch_size]
 
 
+def _encode_gold(examples: Sequence[Example], tokenizer, max_length: int) -> ScoringBatch:
+    return encode_examples([gold_only(ex) for ex in examples], tokenizer, max_length)
+
+
+_ENCODED: OrderedDict[tuple, tuple[Sequence[Example], list]] = OrderedDict()
+_ENCODED_KEPT = 8  # dev and test of a job, in each encoding, with room to spare
+
+
+def encoded_chunks(examples: Sequence[Example], tokenizer, batch_size: int, max_length: int,
+                   encode: Callable | None = None) -> list[tuple[list[Example], ScoringBatch]]:
+    """Length-sorted evaluation chunks with their encoded batches (``encode``, default ``encode_examples``),
+    encoded once per example list: dev and test are scored at every evaluation point, and tokenizing
+    them again each time cost minutes."""
+    encode = encode or encode_examples
+    key = (id(examples), len(examples), id(tokenizer), batch_size, max_length, encode)
+    hit = _ENCODED.get(key)
+    if hit is None or hit[0] is not examples:  # the list itself is kept, so its id cannot be reused meanwhile
+        hit = (examples, [(chunk, encode(chunk, tokenizer, max_length)) for chunk in _chunks(examples, batch_size)])
+        _ENCODED[key] = hit
+        while len(_ENCODED) > _ENCODED_KEPT:
+            _ENCODED.popitem(last=False)
+    _ENCODED.move_to_end(key)
+    return hit[1]
+
+
+def _progress(items, what: str):
+    """A transient progress bar over evaluation batches: dev and test of a real model take minutes."""
+    return tqdm(items, desc=what, unit="batch", leave=False, dynamic_ncols=True, mininterval=1.0)
+
+
 def _gold_token_nll(model, tokenizer, examples, batch_size, max_length, device) -> float:
     """Mean negative log-likelihood over every gold-option token of ``examples``."""
     total, tokens = 0.0, 0
-    for chunk in _chunks(examples, batch_size):
-        batch = encode_examples([gold_only(ex) for ex in chunk], tokenizer, max_length).to(device)
+    for _, encoded in _progress(encoded_chunks(examples, tokenizer, batch_size, max_length, _encode_gold), "eval loss"):
+        batch = encoded.to(device)
         logprobs = option_token_logprobs(model, batch)
         total -= float(logprobs.sum())
         tokens += logprobs.numel()
@@ -73,8 +105,8 @@ class CandidateClassification:
     def evaluate(self, model, tokenizer, examples: Sequence[Example], batch_size: int, max_length: int,
                  device) -> dict:
         total_loss, correct = 0.0, 0
-        for chunk in _chunks(examples, batch_size):
-            batch = encode_examples(chunk, tokenizer, max_length).to(device)
+        for chunk, encoded in _progress(encoded_chunks(examples, tokenizer, batch_size, max_length), "eval"):
+            batch = encoded.to(device)
             scores = candidate_scores(model, batch)
             total_loss += float(classification_loss(scores, batch.labels)) * len(chunk)
             correct += _hits(predictions(scores).tolist(), chunk)
@@ -103,8 +135,8 @@ class GoldOptionLM(CandidateClassification):
     def evaluate(self, model, tokenizer, examples: Sequence[Example], batch_size: int, max_length: int,
                  device) -> dict:
         correct = 0
-        for chunk in _chunks(examples, batch_size):
-            batch = encode_examples(chunk, tokenizer, max_length).to(device)
+        for chunk, encoded in _progress(encoded_chunks(examples, tokenizer, batch_size, max_length), "eval"):
+            batch = encoded.to(device)
             correct += _hits(predictions(candidate_scores(model, batch)).tolist(), chunk)
         n = max(len(examples), 1)
         loss = _gold_token_nll(model, tokenizer, examples, batch_size, max_length, device) if examples else float("nan")
@@ -137,7 +169,7 @@ class AnswerGeneration:
         """Greedy answers, in the order of ``examples``."""
         order = sorted(range(len(examples)), key=lambda i: len(examples[i].prompt))
         answers: list[str] = [""] * len(examples)
-        for start in range(0, len(order), batch_size):
+        for start in _progress(range(0, len(order), batch_size), "generate"):
             rows = order[start:start + batch_size]
             texts = greedy_decode(model, tokenizer, [examples[i].prompt for i in rows], max_length,
                                   self.max_new_tokens, device)

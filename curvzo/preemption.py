@@ -1,9 +1,10 @@
-"""Preemption: SIGTERM and SIGUSR1 (SLURM's warning) stop a run at the next step boundary.
+"""Stopping a run: SIGTERM, SIGUSR1 (SLURM's warning) and Ctrl-C (SIGINT) stop it at the next step boundary.
 
-The handler only records the signal: a step in flight has its weights perturbed, so the loop
-finishes the step, writes a checkpoint and raises :class:`Preempted`. The entrypoint then hands
-over to the handler that was installed before ours (submitit's, which requeues the job on
-SIGUSR1) or exits with :data:`REQUEUE_EXIT_CODE`, and the requeued job resumes from the checkpoint.
+The handler only records the first signal: the loop finishes the step in flight, writes a checkpoint
+and raises :class:`Preempted`. The entrypoint then hands over to the handler that was installed
+before ours (submitit's, which requeues the job on SIGUSR1) or exits with :data:`REQUEUE_EXIT_CODE`,
+and running the command again resumes from the checkpoint. A second signal does not wait: it raises
+:class:`KeyboardInterrupt` at once (a second Ctrl-C, or a job stuck where no step boundary comes).
 """
 
 from __future__ import annotations
@@ -13,25 +14,39 @@ from types import FrameType
 from typing import Any
 
 REQUEUE_EXIT_CODE = 75  # EX_TEMPFAIL (sysexits.h): interrupted, run it again to continue
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+HARD_STOP_EXIT_CODE = 130  # 128 + SIGINT, the shell's code for a Ctrl-C that stopped a program
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
 
 class Preempted(Exception):
     """The run stopped at ``step`` on signal ``signum`` after writing its checkpoint."""
 
     def __init__(self, signum: int, step: int) -> None:
-        super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}; checkpoint written")
+        super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}; checkpoint written, "
+                         f"run the same command again to continue")
         self.signum, self.step = signum, step
+
+    @property
+    def status(self) -> str:
+        """``interrupted`` for Ctrl-C, ``preempted`` for a scheduler's signal."""
+        return stop_status(self.signum)
+
+
+def stop_status(signum: int) -> str:
+    return "interrupted" if signum == signal.SIGINT else "preempted"
 
 
 class StopRequest:
-    """Context manager: while active, SIGTERM/SIGUSR1 set :attr:`requested` instead of killing us."""
+    """Context manager: while active, the first SIGTERM/SIGUSR1/SIGINT sets :attr:`requested` instead of
+    killing us; the next one raises :class:`KeyboardInterrupt` wherever the program is."""
 
     def __init__(self) -> None:
         self.requested: int | None = None
         self.previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested is not None:
+            raise KeyboardInterrupt(f"{signal.Signals(signum).name} again: stopped at once")
         self.requested = signum
 
     def __enter__(self) -> StopRequest:
@@ -47,11 +62,10 @@ class StopRequest:
             signal.signal(sig, handler)
 
 
-
 def hand_over(error: Preempted) -> None:
     """After the checkpoint (and with our handlers removed again): the handler that was there before
     acts on the signal (submitit's requeues the job and exits); otherwise exit with REQUEUE_EXIT_CODE."""
     handler = signal.getsignal(error.signum)
-    if callable(handler) and handler is not signal.default_int_handler:
+    if callable(handler) and handler is not signal.default_int_handler:  # Python's own Ctrl-C handler: not a requeue
         handler(error.signum, None)
     raise SystemExit(REQUEUE_EXIT_CODE)

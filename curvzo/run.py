@@ -9,6 +9,11 @@ Outputs go to Hydra's run directory (``hydra.run.dir``): config.yaml, metrics.js
 trajectory.jsonl (ZO methods), summary.json, status.json and, when checkpointing,
 checkpoint.safetensors. A single run that fails on bad input leaves no directory behind; a failed
 job of a sweep leaves status.json with its error, and the other jobs go on.
+
+Exit codes: 0 finished; 2 bad input (one line on stderr); 3 stopped after ``max_nonfinite_streak``
+non-finite losses in a row (diverged); 75 stopped by a signal after a checkpoint (run the same
+command again to continue); 130 stopped at once (Ctrl-C while loading, or a second signal);
+1 anything else.
 """
 
 from __future__ import annotations
@@ -19,52 +24,32 @@ import sys
 from pathlib import Path
 
 import hydra
-from hydra._internal.utils import get_args_parser
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from curvzo.errors import CurvzoError
-from curvzo.preemption import Preempted, hand_over
+from curvzo.command_line import command_line_problem
+from curvzo.errors import CurvzoError, RunDirectoryError
+from curvzo.preemption import HARD_STOP_EXIT_CODE, Preempted, hand_over
+from curvzo.sweep_summary import print_sweep_reports
 
 log = logging.getLogger("curvzo")
+DIVERGED_EXIT_CODE = 3  # the run stopped after max_nonfinite_streak non-finite losses (status stopped_nonfinite)
 
 # An absolute path: as a console script or `python -m`, a relative one would name a module.
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
 def main() -> None:
-    """Console entry point: check the chosen group options, then hand over to Hydra."""
-    problem = unknown_group_option(sys.argv[1:])
+    """Console entry point: check the command line (one line per problem), then hand over to Hydra."""
+    problem = command_line_problem(sys.argv[1:], CONFIG_DIR)
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         sys.exit(2)
-    hydra_app()
-
-
-def unknown_group_option(argv: list[str]) -> str | None:
-    """The first ``group=option`` naming no config file, as one line; Hydra's own report is a page."""
-    args, _ = get_args_parser().parse_known_args(argv)  # Hydra's own CLI parser (internal, stable since 1.1)
-    search_dirs = [Path(d) for d in (args.config_dir, CONFIG_DIR) if d]
     try:
-        overrides = OverridesParser.create().parse_overrides(args.overrides)
-    except Exception:  # malformed override: Hydra reports the syntax error itself
-        return None
-    for override in overrides:
-        group_dirs = [d / override.key_or_group for d in search_dirs if (d / override.key_or_group).is_dir()]
-        # hydra/* groups also hold plugin configs (hydra/launcher=submitit_slurm) that live in Hydra's
-        # ConfigStore, not in our directories: Hydra checks those itself
-        if override.key_or_group.startswith("hydra/"):
-            continue
-        if not group_dirs or override.is_delete() or override.value() is None:
-            continue
-        available = sorted({p.stem for d in group_dirs for p in d.glob("*.yaml")})
-        values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.get_value_element_as_str()]
-        for value in values:
-            if value not in available:
-                return f"{override.key_or_group}={value}: no such option (choose from {', '.join(available)})"
-    return None
+        hydra_app()
+    finally:
+        print_sweep_reports()  # a -m sweep's closing summary, also when a job failed
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
@@ -82,6 +67,18 @@ def hydra_app(cfg: DictConfig) -> float | None:
         log.warning("%s", err)
         hand_over(err)  # submitit's handler requeues the job, or we exit with REQUEUE_EXIT_CODE
         raise
+    except KeyboardInterrupt:
+        # Ctrl-C before training started, or a second signal during it: no step boundary was waited for
+        print("error: interrupted at once; run the same command again to continue from the last checkpoint, if one "
+              "was written", file=sys.stderr)
+        record_failure(output_dir, None, remove_if_empty=single)
+        sys.exit(HARD_STOP_EXIT_CODE)
+    except RunDirectoryError as err:  # the directory belongs to another run: leave it as it is
+        print(f"error: {err}", file=sys.stderr)
+        record_failure(output_dir, err, remove_if_empty=single, keep_existing_status=True)
+        if single:
+            sys.exit(2)
+        raise
     except CurvzoError as err:
         print(f"error: {err}", file=sys.stderr)
         record_failure(output_dir, err, remove_if_empty=single)
@@ -92,21 +89,34 @@ def hydra_app(cfg: DictConfig) -> float | None:
         record_failure(output_dir, err, remove_if_empty=False)
         raise
     _report(summary)
+    if single and summary.get("status") == "stopped_nonfinite":
+        print(f"error: the loss was not finite {cfg.max_nonfinite_streak} steps in a row: stopped "
+              f"(status stopped_nonfinite); lower optimizer.lr or optimizer.eps", file=sys.stderr)
+        sys.exit(DIVERGED_EXIT_CODE)
     return summary.get("test_at_best_dev", {}).get(f"test_{summary.get('metric', 'acc')}")
 
 
-def record_failure(run_dir: Path, err: BaseException, *, remove_if_empty: bool) -> None:
+def record_failure(run_dir: Path, err: BaseException | None, *, remove_if_empty: bool,
+                   keep_existing_status: bool = False) -> None:
     """A failed job's directory: removed when it holds nothing but Hydra's files (a single run's bad
-    input leaves no partial outputs), else given a status.json naming the error."""
+    input leaves no partial outputs), else given a status.json naming the error (``err`` None: interrupted),
+    except that ``keep_existing_status`` (a directory that belongs to another run) keeps one already there."""
     if not run_dir.is_dir():
         return
     own = [p for p in run_dir.iterdir() if p.name != ".hydra" and p.suffix != ".log"]
     if remove_if_empty and not own:
         shutil.rmtree(run_dir, ignore_errors=True)
         return
-    message = str(err).splitlines()[0] if str(err) else type(err).__name__
-    from curvzo.job import write_status
+    from curvzo.run_directory import read_status, write_status
 
+    if keep_existing_status and (run_dir / "status.json").exists():  # another run's status stays as it is
+        return
+    if err is None:
+        if read_status(run_dir).get("status") != "interrupted":
+            write_status(run_dir, {"status": "interrupted",
+                                   "error": "stopped at once (Ctrl-C before training, or a second signal)"})
+        return
+    message = str(err).splitlines()[0] if str(err) else type(err).__name__
     write_status(run_dir, {"status": "failed", "error": f"{type(err).__name__}: {message}"})
 
 

@@ -23,6 +23,10 @@ import torch.nn.functional as F
 from curvzo.example import Example
 
 PAD_TO_MULTIPLE_OF = 8  # MeZO's collator pads to a multiple of 8 (protocol.md §5)
+# Characters of a prompt kept before tokenizing: the left truncation keeps at most max_length tokens, and a
+# token of natural text is far shorter than this, so only runaway lines (a 20 MB data line) lose anything
+# the truncation would have kept, and they no longer cost minutes of tokenizing.
+CHARS_PER_TOKEN_BOUND = 64
 
 
 @dataclass
@@ -62,9 +66,11 @@ def encode_examples(
     sequences: list[list[int]] = []
     reads: list[tuple[int, int, int, int]] = []  # (sequence, tokens from the end, token id, candidate)
     max_options = max(len(ex.options) for ex in examples)
+    bound = max_length * CHARS_PER_TOKEN_BOUND
     for e, ex in enumerate(examples):
-        prompt_ids = tokenizer(ex.prompt.strip(" "))["input_ids"]
-        full_ids = [tokenizer((ex.prompt + opt).strip(" "))["input_ids"] for opt in ex.options]
+        prompt = ex.prompt[-bound:]  # the left truncation below drops whatever precedes the bound anyway
+        prompt_ids = tokenizer(prompt.strip(" "))["input_ids"]
+        full_ids = [tokenizer((prompt + opt[:bound]).strip(" "))["input_ids"] for opt in ex.options]
         option_lens = [len(f) - len(prompt_ids) for f in full_ids]
         if min(option_lens) < 1:
             raise ValueError(f"an option of example {e} adds no tokens to its prompt: {ex.options}")

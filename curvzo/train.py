@@ -25,7 +25,7 @@ from curvzo.loggers import MetricLogger
 from curvzo.objectives import CandidateClassification
 from curvzo.optim.base import ZerothOrderOptimizer
 from curvzo.optim.streams import Stream, stream_seed
-from curvzo.preemption import Preempted, StopRequest
+from curvzo.preemption import Preempted, StopRequest, stop_status
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,8 @@ def evaluate(model, tokenizer, objective, examples: Sequence[Example], batch_siz
 def training_batches(examples: Sequence[Example], batch_size: int, seed: int,
                      stream: Stream = Stream.DATA_ORDER) -> Iterator[list[Example]]:
     """Endless seeded epochs of shuffled minibatches (the last batch of an epoch may be short)."""
+    if not examples:  # an endless loop over nothing would never reach a step boundary
+        raise ValueError("no training examples to draw minibatches from")
     rng = np.random.default_rng(stream_seed(seed, stream))
     while True:
         order = rng.permutation(len(examples))
@@ -192,11 +194,11 @@ class TrainingLoop:
         """Evaluate zero-shot, train for the budget (if there is an optimizer), return the result."""
         s = self.settings
         resume = self.resume_state or {}
-        if not resume:
+        if not resume:  # a resumed run evaluated step 0 before it was stopped
             self.evaluation_point(0)
-        metric = self.objective.metric
-        log.info("zero-shot: dev %s %.4f, test %s %.4f", metric, self.result.zero_shot[f"dev_{metric}"], metric,
-                 self.result.zero_shot[f"test_{metric}"])
+            metric = self.objective.metric
+            log.info("zero-shot: dev %s %.4f, test %s %.4f", metric, self.result.zero_shot[f"dev_{metric}"], metric,
+                     self.result.zero_shot[f"test_{metric}"])
         if self.optimizer is None:
             self.result.train_time_s = time.perf_counter() - self._start
             return self.result
@@ -211,6 +213,8 @@ class TrainingLoop:
         bar = tqdm(total=s.max_steps, initial=first - 1, desc="train", unit="step", dynamic_ncols=True)
         try:
             for step in range(first, s.max_steps + 1):
+                if self._out_of_passes():  # the budget is checked before a step, never after
+                    break
                 t0 = time.perf_counter()
                 passes_before = self.result.forward_passes
                 examples = next(batches)
@@ -224,14 +228,13 @@ class TrainingLoop:
                 step_time = time.perf_counter() - t0
                 self.result.step_time_s += step_time
                 self._log_step(step, loss, lr, step_time)
+                bar.set_postfix(loss=f"{loss:.4f}", refresh=False)  # before update: the bar shows this step's loss
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
                 if streak >= s.max_nonfinite_streak:
                     self.result.status = "stopped_nonfinite"
                     log.error("stopping: %d non-finite losses in a row at step %d", streak, step)
                     break
-                out_of_passes = (s.max_forward_passes is not None
-                                 and self.result.forward_passes + self._next_step_cost() > s.max_forward_passes)
+                out_of_passes = self._out_of_passes()
                 if self._eval_due(step, passes_before) or out_of_passes:
                     self.evaluation_point(step)
                 self._maybe_checkpoint(step, streak, last=out_of_passes or step == s.max_steps)
@@ -249,7 +252,7 @@ class TrainingLoop:
         if self.save_checkpoint is not None and (due or signum is not None):
             self.save_checkpoint(step, self.state(step, streak))
         if signum is not None:
-            self.result.status = "preempted"
+            self.result.status = stop_status(signum)
             raise Preempted(signum, step)
 
     def _nonfinite_streak(self, streak: int, loss: float) -> int:
@@ -258,6 +261,11 @@ class TrainingLoop:
             return streak + 1 if not math.isfinite(loss) else 0
         outcome = self.optimizer.last_outcome
         return streak + 1 if outcome == "skipped" else streak if outcome == "empty" else 0
+
+    def _out_of_passes(self) -> bool:
+        """Whether the next step would spend more forward passes than ``budget.max_forward_passes`` allows."""
+        limit = self.settings.max_forward_passes
+        return limit is not None and self.result.forward_passes + self._next_step_cost() > limit
 
     def _next_step_cost(self) -> int:
         """Forward passes the next step will spend: the optimizer says (DiZO's vary); a first-order step is 1."""

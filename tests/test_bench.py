@@ -143,3 +143,15 @@ def test_dtypes_probes_and_method_probes_make_the_plan():
         parse_args(["--out", "x", "--methods", "mezo:sideways"])
     with pytest.raises(SystemExit):
         parse_args(["--out", "x", "--probes", "exactly"])
+
+
+def test_side_by_side_arms_run_in_one_process(shared_data_dir, capsys):
+    from curvzo.bench.ab import main as ab_main, parse_arm
+
+    assert parse_arm("mezo:inplace:directions=rademacher") == (
+        "mezo", ["optimizer.probe=inplace", "optimizer.directions=rademacher"])
+    assert ab_main(["--model", "tiny-opt", "--arms", "mezo:exact,mezo:inplace,curvzo", "--steps", "1",
+                    "--data-dir", str(shared_data_dir)]) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [r["arm"] for r in result["rows"]] == ["mezo:exact", "mezo:inplace", "curvzo"]
+    assert result["rows"][0]["vs_first"] == 1.0 and all(r["step_s"] > 0 for r in result["rows"])

@@ -429,3 +429,54 @@ def test_table1_smoke_sweep_runs_end_to_end(tmp_path, shared_data_dir):
     assert {(s["task"], s["optimizer"], s["seed"]) for s in summaries} == set(
         itertools.product(["sst2", "rte"], ["mezo", "curvzo"], [0, 1]))
     assert all(s["status"] == "finished" and s["model"] == "tiny-opt" and s["steps"] == 4 for s in summaries)
+
+
+# every file runs the methods it names (issue 17: sweeps/mezo_lr_smoke.yaml, "a MeZO sweep", ran CurvZO) -------------
+OPTIMIZERS = {p.stem for p in (REPO_ROOT / "conf" / "optimizer").glob("*.yaml")}
+ALIASES = {"ft": "fo_adam", "zeroshot": "none"}  # how file names spell first-order fine-tuning and zero-shot
+
+
+def named_methods(text: str, aliases: bool = True) -> set[str]:
+    """The optimizers a file name or header line names: its words (split at -, _, spaces and commas), longest
+    method names first, so sparse_mezo is not also mezo; ``aliases`` also reads ft and zeroshot (file names)."""
+    words, names = re.split(r"[-_\s,]+", text.lower()), set()
+    for name in sorted(OPTIMIZERS | (set(ALIASES) if aliases else set()), key=lambda n: n.count("_"), reverse=True):
+        parts = name.split("_")
+        for i in range(len(words) - len(parts) + 1):
+            if words[i:i + len(parts)] == parts:
+                names.add(ALIASES.get(name, name))
+                words[i:i + len(parts)] = [""] * len(parts)
+    return names
+
+
+def test_named_methods_reads_file_names_and_headers():
+    assert named_methods("mezo_lr_smoke") == {"mezo"}
+    assert named_methods("table1-paper-sparse_mezo") == {"sparse_mezo"}
+    assert named_methods("table1-paper-zo_gen") == set()
+    assert named_methods("# MeZO vs CurvZO on SmolLM2", aliases=False) == {"mezo", "curvzo"}
+    assert named_methods("table1_lora-paper-ft, zeroshot") == {"fo_adam", "none"}
+    assert named_methods("MeZO and LOREN on OPT-2.7B, full-FT grid", aliases=False) == {"mezo", "loren"}
+
+
+@pytest.mark.parametrize("path", sorted(SWEEPS.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_sweep_runs_the_optimizers_it_names(path):
+    """The methods a sweep's file name names are exactly those its jobs run; those its first line names run."""
+    cfg, lists = compose_sweep(path.stem)
+    runs = set(lists.get("optimizer", [cfg.hydra.runtime.choices.optimizer]))
+    named = named_methods(path.stem)
+    if named:
+        assert runs == named, f"{path.name} is named after {sorted(named)} but its jobs run {sorted(runs)}"
+    mentioned = named_methods(path.read_text().splitlines()[0], aliases=False)
+    assert mentioned <= runs, f"{path.name}'s first line names {sorted(mentioned - runs)}, which none of its jobs run"
+
+
+@pytest.mark.parametrize("path", sorted(EXPERIMENTS.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_experiment_runs_the_optimizer_it_names(path):
+    """An experiment's own name (sst2_smollm2_mezo) or its `one job:` command names the method it runs."""
+    for command in header_commands(path, "one job"):
+        config_dir, config_name, overrides = split_command(command)
+        named = {o.split("=", 1)[1] for o in overrides if o.startswith("optimizer=")}
+        assert compose_job(config_dir, config_name, overrides).hydra.runtime.choices.optimizer in named
+    named = named_methods(path.stem)
+    if named:
+        assert {compose_job(CONFIG_DIR, "config", [f"experiment={path.stem}"]).hydra.runtime.choices.optimizer} == named

@@ -276,7 +276,7 @@ def test_forward_passes_are_k_per_step_and_stats_are_logged():
     assert stats["zo/projected_grad"] == opt.trajectory[-1]["projected_grad"] > 0
     # at init s = m‖a‖² ≫ ρ: the tied form removes (almost) one direction per tensor
     assert 0 < stats["loren/var_along_a_min"] < 0.01 and stats["loren/a_norm_mean"] > 0.5
-    assert [r["step"] for r in opt.trajectory] == [0, 1, 2]
+    assert [r["step"] for r in opt.trajectory] == [1, 2, 3]
 
 
 def test_nonfinite_loss_leaves_weights_and_state_untouched():

@@ -63,7 +63,7 @@ def test_forward_passes_and_trajectory_records():
     for _ in range(3):
         opt.step(loss)
     assert opt.forward_passes == 6
-    assert [r["step"] for r in opt.trajectory] == [0, 1, 2]
+    assert [r["step"] for r in opt.trajectory] == [1, 2, 3]
     assert all(set(r) >= {"seed", "projected_grad", "lr"} for r in opt.trajectory)
     assert opt.last_stats["zo/forward_passes"] == 6
 

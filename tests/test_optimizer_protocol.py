@@ -81,9 +81,10 @@ def test_replaying_a_trajectory_of_another_rng_contract_is_refused_in_one_line()
     opt = MeZO([theta], lr=1e-3, seed=0)
     opt.step(loss)
     assert opt.trajectory[0]["rng"] == RNG_CONTRACT_VERSION
+    assert opt.trajectory[0]["step"] == 1  # numbered as metrics.jsonl numbers steps (contract v3)
     old = [{k: v for k, v in opt.trajectory[0].items() if k != "rng"}]  # written before contract v2
     for replay in (replay_from_losses, replay_trajectory):
-        with pytest.raises(ValueError, match=r"RNG contract v1; this code draws directions under v2") as err:
+        with pytest.raises(ValueError, match=rf"RNG contract v1; this code draws directions under v{RNG_CONTRACT_VERSION}") as err:
             replay(MeZO([torch.nn.Parameter(torch.zeros(4, dtype=torch.float64))], lr=1e-3), old)
         assert "\n" not in str(err.value)
 

@@ -38,7 +38,8 @@ def run_measurement(method: str, overrides: list[str], repeats: int, steps: int,
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise BenchError(f"{method}: {last}")
+        # the child speaks in config keys; the user of this command sets them through its flags
+        raise BenchError(f"{method}: {last.replace('set paths.data_dir', 'pass --data-dir')}")
     return json.loads(lines[-1])
 
 

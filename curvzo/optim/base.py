@@ -150,7 +150,7 @@ class ZerothOrderOptimizer(torch.optim.Optimizer, ABC):
         self.last_outcome = "updated"
         loss = self.reported_loss(losses)
         projected_grad = self.projected_grad(ctx, losses)
-        self.record(step=step, seed=ctx.seed, projected_grad=projected_grad, lr=self.lrs(), losses=list(losses),
+        self.record(step=step + 1, seed=ctx.seed, projected_grad=projected_grad, lr=self.lrs(), losses=list(losses),
                     **ctx.record)
         self.last_stats = {**self.probe_stats(loss, self.loss_plus(losses), projected_grad), **ctx.stats}
         return loss
@@ -185,7 +185,7 @@ class ZerothOrderOptimizer(torch.optim.Optimizer, ABC):
     def _end_empty(self, ctx: StepContext) -> float:
         self.empty_steps += 1
         self.last_outcome = "empty"
-        self.record(step=ctx.step, seed=ctx.seed, projected_grad=None, lr=self.lrs(), losses=[], empty=True,
+        self.record(step=ctx.step + 1, seed=ctx.seed, projected_grad=None, lr=self.lrs(), losses=[], empty=True,
                     **ctx.record)
         self.last_stats = {"train/loss": float("nan"), "zo/forward_passes": self.forward_passes,
                            "zo/skipped_steps": self.skipped_steps, **ctx.stats, "zo/empty_steps": self.empty_steps}
@@ -194,7 +194,7 @@ class ZerothOrderOptimizer(torch.optim.Optimizer, ABC):
     def _end_skipped(self, ctx: StepContext, losses: list[float]) -> float:
         self.skipped_steps += 1
         self.last_outcome = "skipped"
-        self.record(step=ctx.step, seed=ctx.seed, projected_grad=None, lr=self.lrs(), losses=list(losses),
+        self.record(step=ctx.step + 1, seed=ctx.seed, projected_grad=None, lr=self.lrs(), losses=list(losses),
                     skipped=True)
         self.last_stats = {"train/loss": float("nan"), "zo/skipped_steps": self.skipped_steps,
                            "zo/forward_passes": self.forward_passes,
@@ -329,7 +329,8 @@ class ZerothOrderOptimizer(torch.optim.Optimizer, ABC):
 
     # records, metrics, state ------------------------------------------------------------------------
     def record(self, **entry: Any) -> None:
-        """Append one step's replay record to the trajectory (with the RNG contract it was drawn under)."""
+        """Append one step's replay record to the trajectory (with the RNG contract it was drawn under); its
+        ``step`` counts from 1, as metrics.jsonl does (the step's seed is recorded, not derived from it)."""
         self.trajectory.append({**entry, "rng": RNG_CONTRACT_VERSION})
 
     def probe_stats(self, loss: float, loss_plus: float, projected_grad: float) -> dict[str, float]:

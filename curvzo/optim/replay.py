@@ -26,11 +26,11 @@ def replay_trajectory(optimizer: ZerothOrderOptimizer, records: Iterable[dict]) 
     check_contract(records)
     applied = 0
     for record in records:
-        optimizer.steps_taken = record["step"] + 1
+        optimizer.steps_taken = record["step"]  # records count steps from 1
         if record.get("skipped") or record.get("empty"):
             continue
         _set_lrs(optimizer, record["lr"])
-        ctx = StepContext(record["step"], record["seed"], closure=None, blocks=list(optimizer.blocks))
+        ctx = StepContext(record["step"] - 1, record["seed"], closure=None, blocks=list(optimizer.blocks))
         optimizer.update(ctx, list(record["losses"]))
         applied += 1
     return applied

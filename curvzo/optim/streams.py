@@ -17,7 +17,8 @@ from enum import IntEnum
 #: 1: z_b drawn from one generator per block in 4M-float chunks, in place probes.
 #: 2: z_b drawn per 64K-float sub-chunk from its own generator (parallel draws; sub-chunk size per
 #:    device type, part of the contract), Rademacher directions as an option, stochastic rounding bits.
-RNG_CONTRACT_VERSION = 2
+#: 3: as 2; trajectory records number their steps from 1, as metrics.jsonl does.
+RNG_CONTRACT_VERSION = 3
 
 _MASK64 = (1 << 64) - 1
 

@@ -6,6 +6,8 @@ change and turns instantiation failures into one-line ``ConfigError``s.
 
 from __future__ import annotations
 
+import difflib
+import inspect
 import re
 from typing import Any
 
@@ -43,9 +45,45 @@ def check_targets(node: DictConfig, where: str) -> None:
                               f"transformers.*Config, peft.*Config)")
 
 
+def accepted_keys(target: Any) -> set[str] | None:
+    """The keyword arguments ``target`` takes, following ``**kwargs`` up a class's ``__init__`` chain
+    (an optimizer forwards its options to the base class); None when they are open-ended."""
+    functions = [c.__init__ for c in target.__mro__ if "__init__" in vars(c)] if inspect.isclass(target) else [target]
+    names: set[str] = set()
+    for function in functions:
+        try:
+            parameters = inspect.signature(function).parameters
+        except (ValueError, TypeError):
+            return None
+        names |= {n for n, p in parameters.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+        if not any(p.kind is p.VAR_KEYWORD for p in parameters.values()):
+            return names
+    return None
+
+
+def check_keys(node: DictConfig, where: str) -> None:
+    """Refuse a key the target does not take (``+optimizer.lrr=5``), with a "did you mean"."""
+    target = node.get("_target_")
+    if target is None:
+        return
+    try:
+        keys = accepted_keys(hydra.utils.get_object(str(target)))
+    except (ImportError, AttributeError, ValueError):
+        return  # the call reports it
+    if keys is None:
+        return
+    for key in map(str, node):
+        if key.startswith("_") or key in keys:
+            continue
+        close = difflib.get_close_matches(key, sorted(keys - {"self", "params"}), n=1)
+        hint = f" (did you mean {where}.{close[0]}?)" if close else ""
+        raise ConfigError(f"{where}.{key}: not an option of {str(target).rsplit('.', 1)[-1]}{hint}")
+
+
 def instantiate(node: DictConfig, where: str, *args: Any, **kwargs: Any) -> Any:
-    """``hydra.utils.instantiate`` behind the allow-list; errors become one-line ConfigErrors."""
+    """``hydra.utils.instantiate`` behind the allow-list; unknown keys and errors become one-line ConfigErrors."""
     check_targets(node, where)
+    check_keys(node, where)
     try:
         return hydra.utils.instantiate(node, *args, **kwargs)
     except InstantiationException as err:
