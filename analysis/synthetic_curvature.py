@@ -28,7 +28,7 @@ from curvzo.optim import CurvZO, MeZO
 from curvzo.run import CONFIG_DIR
 
 METHODS = ("mezo", "curvzo_uniform", "curvzo_fixed", "curvzo")
-NOT_CONSTRUCTOR_KEYS = ("_target_", "lr", "seed", "lr_schedule")
+NOT_CONSTRUCTOR_KEYS = ("_target_", "lr", "seed")
 
 
 def preset_kwargs(name: str) -> dict:

@@ -98,10 +98,8 @@ def trains(cfg: DictConfig) -> bool:
 
 
 def optimizer_kwargs(cfg: DictConfig) -> DictConfig:
-    """The optimizer node without the keys the loop (not the constructor) reads."""
-    node = OmegaConf.to_container(cfg.optimizer, resolve=True)
-    node.pop("lr_schedule", None)
-    return OmegaConf.create({**node, "_partial_": True})
+    """The optimizer node as a partial: the parameters come at build time."""
+    return OmegaConf.create({**OmegaConf.to_container(cfg.optimizer, resolve=True), "_partial_": True})
 
 
 def validate_config(cfg: DictConfig) -> LoopSettings:
@@ -135,7 +133,7 @@ def validate_config(cfg: DictConfig) -> LoopSettings:
         resume_mode(OmegaConf.select(cfg, "resume"))
         _choice(cfg, "logger.wandb.mode", WANDB_MODES)
         if trains(cfg):
-            _choice(cfg, "optimizer.lr_schedule", LR_SCHEDULES)
+            _choice(cfg, "schedule.name", LR_SCHEDULES)
             lr = OmegaConf.select(cfg, "optimizer.lr", throw_on_missing=True)
             if lr is None:
                 raise ConfigError("optimizer.lr is required but not set (e.g. add optimizer.lr=<value>; full fine-tuning "
@@ -178,7 +176,7 @@ def build_loggers(cfg: DictConfig, output_dir: Path) -> MetricLogger:
 
 
 def build_scheduler(cfg: DictConfig, optimizer, max_steps: int):
-    if optimizer is None or cfg.optimizer.lr_schedule == "constant":
+    if optimizer is None or cfg.schedule.name == "constant":
         return None
     # linear decay to 0 without warm-up, as the Hugging Face Trainer default used for FT (§4)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: max(0.0, 1.0 - step / max_steps))

@@ -67,10 +67,20 @@ def locate_checkpoint(mode: str, output_dir: Path, search_root: Path, identity: 
     return path
 
 
+# keys a resume may raise: a finished run continues for more steps from its last checkpoint
+RAISABLE_KEYS = ("budget.max_steps",)
+
+
 def check_identity(path: Path, identity: dict) -> dict:
-    """The checkpoint's header if it was written by this config, else one CheckpointError line."""
+    """The checkpoint's header if it was written by this config (up to a raised ``budget.max_steps``),
+    else one CheckpointError line."""
     header = read_header(path)
-    differences = identity_differences(header.get("identity", {}), identity)
+    differences = [d for d in identity_differences(header.get("identity", {}), identity)
+                   if not d.startswith(tuple(f"{key}:" for key in RAISABLE_KEYS))]
+    max_steps = identity.get("budget", {}).get("max_steps")
+    if isinstance(max_steps, int) and header.get("step", 0) > max_steps:
+        raise CheckpointError(f"checkpoint {path} is at step {header['step']}, past budget.max_steps={max_steps}: "
+                              f"a run continues for more steps, never fewer")
     if differences:
         more = f" (and {len(differences) - 1} more)" if len(differences) > 1 else ""
         raise CheckpointError(f"checkpoint {path} belongs to another run: {differences[0]}{more}")

@@ -17,10 +17,11 @@ from tests.helpers import load_task
 from tests.test_configs import compose_cfg
 
 AT_LEAST_ONE = ["budget.max_steps", "budget.batch_size", "budget.eval_every", "budget.eval_batch_size",
-                "logger.log_every", "max_nonfinite_streak", "checkpoint.every", "model.max_length"]
-AT_LEAST_ZERO = ["seed", "data_seed", "direction_workers", "budget.num_train", "budget.num_dev", "budget.num_test"]
+                "logger.log_every", "max_nonfinite_streak", "checkpoint.every", "model.max_length",
+                "budget.num_train", "budget.num_dev"]  # these two: a training run needs examples and a dev set
+AT_LEAST_ZERO = ["seed", "data_seed", "direction_workers", "budget.num_test"]
 CHOICES = {"select_by": ("dev_loss", "dev_metric"), "logger.wandb.mode": ("offline", "online", "disabled"),
-           "optimizer.lr_schedule": ("constant", "linear")}
+           "schedule.name": ("constant", "linear")}
 
 not_an_integer = st.one_of(st.floats(allow_nan=True).filter(lambda x: not float(x).is_integer()),
                            st.text(max_size=12), st.booleans(), st.lists(st.integers(), max_size=2))

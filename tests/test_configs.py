@@ -134,3 +134,13 @@ def test_every_documented_launch_command_composes_and_validates(where, command):
         cfg = compose(config_name, overrides=overrides + first_job, return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)
     validate_config(cfg)  # what runs before any data or model is touched
+
+
+def test_the_lr_schedule_is_its_own_group_and_first_order_selects_linear():
+    """The schedule is a config group (conf/schedule/), not a key the job pops from the optimizer node."""
+    assert compose_cfg(["optimizer=mezo"]).schedule.name == "constant"
+    assert compose_cfg(["optimizer=fo_adam"]).schedule.name == "linear"  # HF Trainer default (MeZO finetune.sh)
+    assert compose_cfg(["optimizer=fo_adam", "schedule=constant"]).schedule.name == "constant"  # the command wins
+    assert compose_cfg(["optimizer=mezo", "schedule=linear"]).schedule.name == "linear"
+    for name in ("mezo", "curvzo", "fo_adam", "zo_adam"):
+        assert "lr_schedule" not in compose_cfg([f"optimizer={name}"]).optimizer

@@ -375,3 +375,15 @@ def test_a_sweep_ends_with_a_summary_and_a_rerun_skips_finished_jobs(tmp_path):
     assert "already holds this finished run" in again.stdout and "nothing to do" in again.stdout
     assert "sweep: 2 jobs, 1 failed, 1 finished" in again.stdout and "job 1 failed: RunDirectoryError:" in again.stdout
     assert [(sweep / str(i) / "metrics.jsonl").read_bytes() for i in (0, 1)] == metrics
+
+
+def test_a_finished_run_continues_for_more_steps_and_equals_a_longer_run(job_cfg, tmp_path):
+    out, whole = tmp_path / "run", tmp_path / "whole"
+    assert run_job(job_cfg("checkpoint.every=2"), out)["steps"] == 4
+    longer = run_job(job_cfg("checkpoint.every=2", "budget.max_steps=8"), out)  # raised: continued from step 4
+    fresh = run_job(job_cfg("checkpoint.every=2", "budget.max_steps=8"), whole)
+    assert (longer["resumed_from_step"], longer["steps"], longer["status"]) == (4, 8, "finished")
+    assert (out / "trajectory.jsonl").read_text() == (whole / "trajectory.jsonl").read_text()
+    assert (longer["best"], longer["test_at_best_dev"]) == (fresh["best"], fresh["test_at_best_dev"])
+    with pytest.raises(RunDirectoryError, match=r"is at step 8, past budget.max_steps=6: a run continues for more"):
+        run_job(job_cfg("checkpoint.every=2", "budget.max_steps=6"), out)
