@@ -1,7 +1,7 @@
 """Half precision, exactly: does a bfloat16 MeZO run learn like the float32 one (issue 16, optimizers.md §1.3-1.4)?
 
     python -m analysis.precision --out analysis/results/precision-smollm2-sst2            # ~1.3 h on 2 CPU cores
-    python -m analysis.precision --out /tmp/precision --steps 20 --skip-model              # the plain-tensor part only
+    python -m analysis.precision --out outputs/precision --steps 20 --skip-model              # the plain-tensor part only
 
 Two parts, both written to OUT/precision.md and OUT/precision.json:
 
