@@ -13,3 +13,9 @@ __version__ = "0.1.0"
 # imported before torch (curvzo-run, `python -m curvzo...`); a value the user set always wins.
 if "torch" not in sys.modules and "OMP_WAIT_POLICY" not in os.environ:
     os.environ.setdefault("GOMP_SPINCOUNT", "1000")
+
+# Hydra finds the config schema (curvzo/config_schema.py) in its ConfigStore: register it with the package,
+# so every way in (curvzo-run, the compose API in tests and analysis) composes against it.
+from curvzo.config_schema import register_schemas  # noqa: E402
+
+register_schemas()

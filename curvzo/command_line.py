@@ -18,7 +18,13 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import (
+    ConfigAttributeError,
+    ConfigKeyError,
+    OmegaConfBaseException,
+)
+
+from curvzo.config_schema import schema_problem
 
 
 def command_line_problem(argv: list[str], config_dir: str) -> str | None:
@@ -87,8 +93,8 @@ def composition_problem(args, overrides: list[Override], config_dir: str) -> str
     name = args.config_name or "config"
     try:
         cfg = _compose(config_dir, name, [*extra, *job])
-    except HydraException as err:
-        return unknown_key(err, config_dir, name, extra, job)
+    except HydraException as err:  # an unknown key, or a value of the wrong type for the schema (curvzo/config_schema.py)
+        return unknown_key(err, config_dir, name, extra, job) or schema_problem(err)
     except Exception:  # anything else: Hydra's own report
         return None
     key = "hydra.sweep.dir" if args.multirun or cfg.hydra.mode is not None and cfg.hydra.mode.name == "MULTIRUN" \
@@ -104,7 +110,7 @@ def unknown_key(err: HydraException, config_dir: str, name: str, extra: list[str
     """``<key>: no such key (did you mean ...?)`` for an override of a key the config does not have."""
     cause = err.__cause__
     full_key = getattr(cause, "full_key", None)
-    if not full_key or "not in struct" not in str(cause):
+    if not isinstance(cause, (ConfigKeyError, ConfigAttributeError)) or not full_key or " not in " not in str(cause):
         return None
     parent, _, leaf = full_key.rpartition(".")
     kept = [o for o in job if o.lstrip("+~").split("=", 1)[0].split("@", 1)[0] != full_key]

@@ -28,6 +28,7 @@ from curvzo.checkpoint import (
     save_checkpoint,
     tensor_fingerprint,
 )
+from curvzo.config_schema import check_ranges
 from curvzo.data import load_splits
 from curvzo.errors import ConfigError
 from curvzo.loggers import JsonlLogger, LoggerGroup, MetricLogger, WandbLogger
@@ -56,9 +57,7 @@ from curvzo.utils.runinfo import (
 
 log = logging.getLogger(__name__)
 
-SELECT_BY = ("dev_loss", "dev_metric")
 LR_SCHEDULES = ("constant", "linear")
-WANDB_MODES = ("offline", "online", "disabled")
 
 
 def _int_at_least(cfg: DictConfig, key: str, minimum: int) -> int:
@@ -66,13 +65,6 @@ def _int_at_least(cfg: DictConfig, key: str, minimum: int) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
         raise ConfigError(f"{key} must be an integer >= {minimum}, got {value!r}")
     return value
-
-
-def _optional_int_at_least(cfg: DictConfig, key: str, minimum: int) -> int | None:
-    """Like ``_int_at_least``, but an absent or null key means "off" (None)."""
-    if OmegaConf.select(cfg, key, default=None) is None:
-        return None
-    return _int_at_least(cfg, key, minimum)
 
 
 def _choice(cfg: DictConfig, key: str, choices: tuple[str, ...]) -> str:
@@ -103,41 +95,35 @@ def optimizer_kwargs(cfg: DictConfig) -> DictConfig:
 
 
 def validate_config(cfg: DictConfig) -> LoopSettings:
-    """Reject invalid values with one line, before any data or model is touched."""
+    """Reject invalid values with one line, before any data or model is touched.
+
+    Types and unknown keys of the config's own nodes were checked by Hydra against the schema while
+    composing; this adds their declared ranges (``check_ranges``), what depends on other keys (a
+    training job needs steps, examples and an lr) and the optimizer's own argument checks."""
     try:
         for group in cfg:  # every node, not only those we instantiate: a _target_ anywhere is refused early
             if group != "hydra" and isinstance(cfg[group], DictConfig):
                 check_targets(cfg[group], str(group))
+        check_ranges(cfg)
+        if trains(cfg):  # training needs steps, examples to draw batches from and a dev set to select on (protocol.md §8)
+            for key in ("budget.max_steps", "budget.num_train", "budget.num_dev"):
+                _int_at_least(cfg, key, 1)
+        budget = cfg.budget
         settings = LoopSettings(
-            max_steps=_int_at_least(cfg, "budget.max_steps", 1 if trains(cfg) else 0),
-            batch_size=_int_at_least(cfg, "budget.batch_size", 1),
-            eval_every=_int_at_least(cfg, "budget.eval_every", 1),
-            eval_batch_size=_int_at_least(cfg, "budget.eval_batch_size", 1),
-            max_length=_int_at_least(cfg, "model.max_length", 8),
-            select_by=_choice(cfg, "select_by", SELECT_BY),
-            max_nonfinite_streak=_int_at_least(cfg, "max_nonfinite_streak", 1),
-            log_every=_int_at_least(cfg, "logger.log_every", 1),
-            max_forward_passes=_optional_int_at_least(cfg, "budget.max_forward_passes", 1),
-            eval_every_forward_passes=_optional_int_at_least(cfg, "budget.eval_every_forward_passes", 1),
+            max_steps=budget.max_steps, batch_size=budget.batch_size, eval_every=budget.eval_every,
+            eval_batch_size=budget.eval_batch_size, max_length=_int_at_least(cfg, "model.max_length", 8),
+            select_by=cfg.select_by, max_nonfinite_streak=cfg.max_nonfinite_streak, log_every=cfg.logger.log_every,
+            max_forward_passes=budget.max_forward_passes, eval_every_forward_passes=budget.eval_every_forward_passes,
         )
-        for key in ("budget.num_train", "budget.num_dev", "budget.num_test"):
-            # training needs examples to draw batches from and a dev set to select on (protocol.md §8)
-            _int_at_least(cfg, key, 1 if trains(cfg) and key != "budget.num_test" else 0)
         check_model_placement(cfg)
-        _int_at_least(cfg, "seed", 0)
-        _int_at_least(cfg, "data_seed", 0)
-        _int_at_least(cfg, "direction_workers", 0)
-        _optional_int_at_least(cfg, "checkpoint.every", 1)
-        if not isinstance(OmegaConf.select(cfg, "checkpoint.weights"), bool):
-            raise ConfigError(f"checkpoint.weights must be true or false, got {OmegaConf.select(cfg, 'checkpoint.weights')!r}")
         resume_mode(OmegaConf.select(cfg, "resume"))
-        _choice(cfg, "logger.wandb.mode", WANDB_MODES)
         if trains(cfg):
             _choice(cfg, "schedule.name", LR_SCHEDULES)
             lr = OmegaConf.select(cfg, "optimizer.lr", throw_on_missing=True)
             if lr is None:
                 raise ConfigError("optimizer.lr is required but not set (e.g. add optimizer.lr=<value>; full fine-tuning "
-                                  "has no default lr unless conf/model_optimizer/ holds one for this model)")
+                                  "has no default lr unless conf/zo/full_ft_lr/ or conf/model_optimizer/ holds one "
+                                  "for this model)")
             if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not math.isfinite(lr) or lr <= 0:
                 raise ConfigError(f"optimizer.lr must be a finite number > 0, got {lr!r}")
             # a dry construction on a dummy tensor runs the optimizer's own argument checks

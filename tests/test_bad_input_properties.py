@@ -11,7 +11,9 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from omegaconf import OmegaConf
+from omegaconf.errors import ValidationError
 
+from curvzo.config_schema import schema_problem
 from curvzo.errors import CurvzoError
 from tests.helpers import load_task
 from tests.test_configs import compose_cfg
@@ -53,14 +55,18 @@ def test_a_malformed_config_value_is_one_clean_line_and_writes_nothing(tmp_path_
     key, value = key_value
     cfg = compose_cfg(["model=tiny-opt", "task=sst2", "optimizer=mezo", "budget=smoke", "paths.data_dir=/nonexistent",
                        "logger.wandb.mode=disabled"])
-    OmegaConf.update(cfg, key, value, force_add=True)
     out = tmp_path_factory.mktemp("run") / "out"
     try:
-        run_job(cfg, out)
-    except CurvzoError as err:
-        message = str(err)
+        OmegaConf.update(cfg, key, value, force_add=True)
+    except ValidationError as err:  # a wrong type for the schema: refused while composing, before any job code
+        message = schema_problem(err)
     else:
-        raise AssertionError(f"{key}={value!r} was accepted")
+        try:
+            run_job(cfg, out)
+        except CurvzoError as err:
+            message = str(err)
+        else:
+            raise AssertionError(f"{key}={value!r} was accepted")
     assert message and "\n" not in message and "Traceback" not in message
     assert key.split(".")[-1] in message or "data directory" not in message
     assert not out.exists()  # rejected before the output directory was made

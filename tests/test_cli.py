@@ -14,7 +14,7 @@ import pytest
 from curvzo.optim.streams import RNG_CONTRACT_VERSION
 from tests.helpers import REPO_ROOT
 
-# the check command; the lr comes from conf/model_optimizer/tiny-opt_mezo.yaml
+# the check command; the lr comes from conf/zo/full_ft_lr/tiny-opt.yaml
 SMOKE = ["model=tiny-opt", "task=sst2", "optimizer=mezo", "budget=smoke"]
 METRIC_KEYS = {"step", "train/loss", "lr", "zo/projected_grad", "zo/forward_passes", "time/elapsed_s"}
 

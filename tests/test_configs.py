@@ -144,3 +144,25 @@ def test_the_lr_schedule_is_its_own_group_and_first_order_selects_linear():
     assert compose_cfg(["optimizer=mezo", "schedule=linear"]).schedule.name == "linear"
     for name in ("mezo", "curvzo", "fo_adam", "zo_adam"):
         assert "lr_schedule" not in compose_cfg([f"optimizer={name}"]).optimizer
+
+
+# where optimizer values live (issue 17: eps and lr came from keys of conf/peft/, 20 one-line tiny-model files) ------
+ZO_METHODS = [o for o in options("optimizer") if o not in ("none", "fo_adam")]
+
+
+@pytest.mark.parametrize("method", ZO_METHODS)
+def test_zo_eps_and_lr_follow_the_peft_mode_and_one_rule_for_test_models(method):
+    expected = {("tiny-opt", "full"): (1e-3, 1e-3), ("tiny-llama", "full"): (1e-3, 1e-3), ("opt-125m", "full"): (1e-3, None),
+                ("tiny-llama", "lora"): (1e-2, 1e-4), ("tiny-llama", "prefix"): (1e-1, 1e-2)}
+    for (model, mode), (eps, lr) in expected.items():
+        cfg = compose_cfg([f"model={model}", f"optimizer={method}", f"peft={mode}"])
+        assert (cfg.optimizer.eps, cfg.optimizer.lr) == (eps, lr), (model, mode)
+        assert set(cfg.peft) == {"adapter"}  # the PEFT node holds no optimizer values
+
+
+def test_first_order_lr_follows_the_peft_mode_and_tuned_files_still_win():
+    assert [compose_cfg(["model=tiny-opt", "optimizer=fo_adam", f"peft={m}"]).optimizer.lr
+            for m in ("full", "lora", "prefix")] == [1e-5, 1e-4, 1e-2]
+    assert compose_cfg(["optimizer=fo_adam"]).optimizer.eps == 1e-8  # Adam's own eps, not the ZO perturbation
+    assert compose_cfg(["optimizer=mezo"]).optimizer.lr == 1e-4  # conf/model_optimizer/smollm2-135m_mezo_full.yaml
+    assert not list((REPO_ROOT / "conf" / "model_optimizer").glob("tiny-*"))

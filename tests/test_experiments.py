@@ -234,7 +234,8 @@ def test_sweep_grid_size_and_jobs_compose_and_validate(name):
             if name.endswith("-local"):
                 assert job_cfg.task.name not in GEN | {"record"}  # SQuAD, DROP, ReCoRD have no local files (protocol.md §11)
             if job_cfg.optimizer.get("_target_") and job_cfg.hydra.runtime.choices.optimizer != "fo_adam":
-                assert job_cfg.optimizer.eps == job_cfg.peft.zo_eps  # eps per PEFT mode: 1e-3 full, 1e-2 LoRA
+                mode = job_cfg.hydra.runtime.choices.peft  # eps per PEFT mode: 1e-3 full, 1e-2 LoRA
+                assert job_cfg.optimizer.eps == OmegaConf.load(Path(CONFIG_DIR, "zo", "peft", f"{mode}.yaml")).eps
 
 
 def table_jobs(prefix: str) -> set[tuple]:

@@ -376,15 +376,16 @@ def test_invalid_hyperparameters_are_one_line_config_errors(kwargs, key):
 def test_config_file_defaults_match_the_class_and_instantiate():
     cfg = OmegaConf.to_container(OmegaConf.load(CONF))
     assert cfg.pop("defaults") == [{"/zo@_here_": "default"}, "_self_"]  # probe, update_rounding, directions
-    cfg.update(OmegaConf.to_container(OmegaConf.load(CONF.parents[1] / "zo" / "default.yaml")))
+    shared = OmegaConf.to_container(OmegaConf.load(CONF.parents[1] / "zo" / "default.yaml"))
+    assert shared.pop("defaults") == [{"peft@_here_": "${peft}"}, "_self_"]  # eps and lr of the PEFT mode
+    cfg.update(shared)
     lines = CONF.read_text().splitlines()
     assert lines[1].startswith("# launch: curvzo-run ") and "optimizer=loren" in lines[1]
-    assert cfg.pop("_target_") == "curvzo.optim.loren.LOREN" and cfg.pop("lr") == "${peft.zo_lr}"
+    assert cfg.pop("_target_") == "curvzo.optim.loren.LOREN" and "lr" not in cfg  # lr, eps: conf/zo/peft/
     assert cfg.pop("seed") == "${seed}"
-    assert cfg.pop("eps") == "${peft.zo_eps}"  # the PEFT mode's: conf/peft/full.yaml gives the class default
     defaults = {k: v.default for cls in (LOREN, ZerothOrderOptimizer) for k, v in inspect.signature(cls).parameters.items()
                 if v.default is not inspect.Parameter.empty}
-    assert OmegaConf.load(CONF.parents[1] / "peft" / "full.yaml").zo_eps == defaults.pop("eps")
+    assert OmegaConf.load(CONF.parents[1] / "zo" / "peft" / "full.yaml").eps == defaults.pop("eps")  # the class default
     assert cfg == {k: v for k, v in defaults.items() if k != "seed"}
     assert all("#" in line for line in lines if line and not line.startswith(("#", "_target_", "defaults:")))
     opt = LOREN([torch.nn.Parameter(torch.zeros(3))], lr=1e-3, eps=1e-3, seed=0, **cfg)
