@@ -34,14 +34,14 @@ run: install ## Run the default job (add overrides with ARGS="task=sst2 paths.da
 test: install ## Run the whole test suite (includes the slow real-model test)
 	$(BIN)/pytest -q
 
-test-fast: install ## Run the tests except those marked slow
-	$(BIN)/pytest -q -m "not slow"
+test-fast: install ## The unit tests: leaves out the slow real-model test and the end-to-end subprocess (integration) tests
+	$(BIN)/pytest -q -m "not slow and not integration"
 
 table: install ## Tabulate every summary.json under RUNS (default multirun/): mean ± std over seeds
-	$(BIN)/python -m analysis.results_table $(RUNS)
+	$(BIN)/curvzo-results-table $(RUNS)
 
 tables: install ## Dev-selected tables, figures, missing runs, speed-up, memory: RUNS -> OUT (default RUNS/analysis)
-	$(BIN)/python -m analysis.build $(RUNS) $(OUT)
+	$(BIN)/curvzo-tables $(RUNS) $(OUT)
 
 # The benchmark (curvzo/bench): forward vs step time, peak memory vs inference, a reference MeZO step.
 # Add ARGS="--methods reference,mezo,curvzo" or config overrides ("ARGS=model.dtype=bfloat16").
@@ -74,27 +74,27 @@ sweep_targets = $(addprefix sweep-,$(call sweeps_of,$(1)))
 # one sweep file into RUNS/<name> (RUNS comes from the experiment target below); a sweep with failed jobs does not
 # stop the others or the analysis, which lists the missing runs
 sweep-%: install
-	-$(BIN)/curvzo-run -cd sweeps -cn $* hydra.sweep.dir=$(RUNS)/$* $(if $(DATA_DIR),paths.data_dir=$(DATA_DIR)) $(LAUNCHER) $(ARGS)
+	-$(BIN)/curvzo-run -cn sweeps/$* hydra.sweep.dir=$(RUNS)/$* $(if $(DATA_DIR),paths.data_dir=$(DATA_DIR)) $(LAUNCHER) $(ARGS)
 
 table1: RUNS = multirun/table1-$(SCALE)
 table1: install $(call sweep_targets,table1) ## CurvZO Table 1 (8 methods x tasks) at SCALE=smoke|local|paper into RUNS=multirun/table1-SCALE, then its tables
-	$(BIN)/python -m analysis.build $(RUNS) $(OUT)
+	$(BIN)/curvzo-tables $(RUNS) $(OUT)
 
 table1_lora: RUNS = multirun/table1_lora-$(SCALE)
 table1_lora: install $(call sweep_targets,table1_lora) ## Table 1 with LoRA at SCALE=smoke|local|paper into RUNS=multirun/table1_lora-SCALE, then its tables
-	$(BIN)/python -m analysis.build $(RUNS) $(OUT)
+	$(BIN)/curvzo-tables $(RUNS) $(OUT)
 
 figure3: RUNS = multirun/figure3-$(SCALE)
 figure3: install $(call sweep_targets,figure3) ## CurvZO Fig. 3 (MeZO vs CurvZO convergence, BoolQ/RTE) at SCALE into RUNS=multirun/figure3-SCALE, then curves
-	$(BIN)/python -m analysis.build $(RUNS) $(OUT)
+	$(BIN)/curvzo-tables $(RUNS) $(OUT)
 
 ablation: RUNS = multirun/ablation-$(SCALE)
 ablation: install $(call sweep_targets,ablation) ## CurvZO Table 4 ablation (3 CurvZO arms) at SCALE into RUNS=multirun/ablation-SCALE, then its table
-	$(BIN)/python -m analysis.build $(RUNS) $(OUT)
+	$(BIN)/curvzo-tables $(RUNS) $(OUT)
 
 memory: RUNS = multirun/memory-$(SCALE)
 memory: install $(call sweep_targets,memory) ## Peak memory per method (OPT-2.7B/6.7B; SmolLM2 locally) at SCALE into RUNS=multirun/memory-SCALE, then its table
-	$(BIN)/python -m analysis.build $(RUNS) $(OUT)
+	$(BIN)/curvzo-tables $(RUNS) $(OUT)
 
 clean: ## Remove run outputs (outputs/, multirun/), caches of Python and pytest
 	rm -rf outputs multirun .pytest_cache

@@ -36,8 +36,26 @@ def command_line_problem(argv: list[str], config_dir: str) -> str | None:
         overrides = OverridesParser.create().parse_overrides(args.overrides)
     except Exception:  # malformed override: Hydra reports the syntax error itself
         return None
-    return (unknown_group_option(overrides, [Path(d) for d in (args.config_dir, config_dir) if d])
+    search_dirs = [Path(d) for d in (args.config_dir, config_dir) if d]
+    user_dirs = user_search_dirs(overrides)
+    if user_dirs is None:  # a search path we cannot list (pkg://...): Hydra checks the command line itself
+        return None
+    return (unknown_group_option(overrides, search_dirs + user_dirs)
             or composition_problem(args, overrides, config_dir))
+
+
+def user_search_dirs(overrides: list[Override]) -> list[Path] | None:
+    """The directories a ``hydra.searchpath=[file://...]`` override adds, or None for one that is not a directory."""
+    found: list[Path] = []
+    for override in overrides:
+        if override.key_or_group != "hydra.searchpath":
+            continue
+        entries = override.value()
+        for entry in entries if isinstance(entries, list) else [entries]:
+            if not isinstance(entry, str) or not entry.startswith("file://"):
+                return None
+            found.append(Path(entry.removeprefix("file://")))
+    return found
 
 
 def unknown_group_option(overrides: list[Override], search_dirs: list[Path]) -> str | None:

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
@@ -54,6 +55,7 @@ from curvzo.utils.runinfo import (
     peak_memory,
     reset_peak_memory,
 )
+from curvzo.wandb_run import new_run_id, wandb_run
 
 log = logging.getLogger(__name__)
 
@@ -150,14 +152,17 @@ def check_model_placement(cfg: DictConfig) -> None:
         resolve_device(model.device)
 
 
-def build_loggers(cfg: DictConfig, output_dir: Path) -> MetricLogger:
+def build_loggers(cfg: DictConfig, output_dir: Path, wandb_run_id: str) -> MetricLogger:
+    """metrics.jsonl always; the W&B mirror unless disabled (by the config or WANDB_MODE), named after the job."""
     loggers: list[MetricLogger] = [JsonlLogger(output_dir)]
-    wb = cfg.logger.wandb
-    if wb.mode != "disabled":
-        choices = config_choices()
-        tags = [f"{g}/{choices[g]}" for g in ("model", "task", "optimizer", "peft", "budget") if g in choices]
-        loggers.append(WandbLogger(output_dir, mode=wb.mode, project=wb.project, entity=wb.entity,
-                                   group=wb.group, job_type=wb.job_type, name=wb.name, tags=list(wb.tags) + tags))
+    hydra_cfg = HydraConfig.get() if HydraConfig.initialized() else None
+    multirun = hydra_cfg is not None and hydra_cfg.mode == RunMode.MULTIRUN
+    settings = wandb_run(cfg, output_dir, choices=config_choices(),
+                         overrides=list(hydra_cfg.overrides.task) if hydra_cfg is not None else [],
+                         config_name=hydra_cfg.job.config_name if hydra_cfg is not None else None,
+                         sweep_dir=hydra_cfg.sweep.dir if multirun else None, trains=trains(cfg), run_id=wandb_run_id)
+    if settings.mode != "disabled":
+        loggers.append(WandbLogger(output_dir, settings))
     return LoggerGroup(loggers)
 
 
@@ -208,7 +213,9 @@ def run_job(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     output_dir = plan.run_dir
     summary = initial_summary(cfg, output_dir, parts)
     previous_wall = 0.0
+    wandb_run_id = new_run_id()  # a resumed job continues its W&B run: the id travels in the checkpoint
     if parts.checkpoint is not None:
+        wandb_run_id = parts.checkpoint.loop.get("wandb_run_id") or wandb_run_id
         how = restore(parts.checkpoint, parts.params, parts.optimizer, parts.scheduler)
         log.info("resuming %s after step %d (weights %s, fingerprint verified)", output_dir, parts.checkpoint.step, how)
         summary["resumed_from_step"] = parts.checkpoint.step
@@ -223,13 +230,15 @@ def run_job(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     zeroth_order = isinstance(parts.optimizer, ZerothOrderOptimizer)
 
     def write_checkpoint(step: int, loop_state: dict) -> None:
-        saved = build_checkpoint(step, {**loop_state, "wall_time_s": wall_time()}, identity=identity,
+        saved = build_checkpoint(step, {**loop_state, "wall_time_s": wall_time(), "wandb_run_id": wandb_run_id},
+                                 identity=identity,
                                  data_fingerprint=parts.data_fingerprint, start_fingerprint=parts.start_fingerprint,
                                  params=parts.params, optimizer=parts.optimizer,
                                  store_weights=cfg.checkpoint.weights or not zeroth_order)
         log.info("checkpoint after step %d: %s", step, save_checkpoint(output_dir, saved))
 
-    logger = build_loggers(cfg, output_dir)
+    summary["wandb_run_id"] = wandb_run_id
+    logger = build_loggers(cfg, output_dir, wandb_run_id)
     logger.log_config(OmegaConf.to_container(cfg, resolve=True))
     trajectory = open(output_dir / "trajectory.jsonl", "w", encoding="utf-8") if zeroth_order else None
     if trajectory is not None and parts.checkpoint is not None:

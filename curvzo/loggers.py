@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import Any, Protocol
 
+from curvzo.wandb_run import WandbRun
+
 log = logging.getLogger(__name__)
 
 
@@ -60,17 +62,7 @@ class JsonlLogger:
 class WandbLogger:
     """Mirrors metrics to Weights & Biases; offline by default, so no account is needed."""
 
-    def __init__(
-        self,
-        output_dir: str | os.PathLike,
-        mode: str = "offline",
-        project: str = "curvzo",
-        entity: str | None = None,
-        group: str | None = None,
-        job_type: str = "train",
-        name: str | None = None,
-        tags: list[str] | None = None,
-    ) -> None:
+    def __init__(self, output_dir: str | os.PathLike, run: WandbRun) -> None:
         self._run = None
         self._failed = False  # after the first failing call, nothing more is sent
         try:
@@ -78,13 +70,15 @@ class WandbLogger:
 
             self._run = wandb.init(
                 dir=str(output_dir),
-                mode=mode,
-                project=project,
-                entity=entity,
-                group=group,
-                job_type=job_type,
-                name=name,
-                tags=list(tags or []),
+                mode=run.mode,
+                project=run.project,
+                entity=run.entity,
+                group=run.group,
+                job_type=run.job_type,
+                name=run.name,
+                tags=run.tags,
+                id=run.run_id,
+                resume="allow",  # a resumed job continues the run with this id; a fresh id starts one
                 reinit="finish_previous",
                 settings=wandb.Settings(console="off", silent=True),
             )

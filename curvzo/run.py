@@ -36,8 +36,10 @@ from curvzo.sweep_summary import print_sweep_reports
 log = logging.getLogger("curvzo")
 DIVERGED_EXIT_CODE = 3  # the run stopped after max_nonfinite_streak non-finite losses (status stopped_nonfinite)
 
-# An absolute path: as a console script or `python -m`, a relative one would name a module.
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+# The configs ship inside the package (curvzo/conf; conf/ in a checkout links there), so an installed wheel
+# finds them through Hydra's package search path from any directory. CONFIG_DIR is the same tree on disk.
+CONFIG_PACKAGE = "pkg://curvzo.conf"
+CONFIG_DIR = str(Path(__file__).resolve().parent / "conf")
 
 
 def main() -> None:
@@ -52,9 +54,10 @@ def main() -> None:
         print_sweep_reports()  # a -m sweep's closing summary, also when a job failed
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
+@hydra.main(version_base="1.3", config_path=CONFIG_PACKAGE, config_name="config")
 def hydra_app(cfg: DictConfig) -> float | None:
-    """Run one job; a bad config, data file or model gives one line on stderr, not a traceback."""
+    """Run one job; a bad config, data file or model gives one line on stderr, not a traceback.
+    Returns the dev metric of the selected model (``sweep_objective``), the value a sweeper tunes."""
     hydra_cfg = HydraConfig.get()
     output_dir = Path(hydra_cfg.runtime.output_dir)
     single = hydra_cfg.mode == RunMode.RUN
@@ -93,7 +96,13 @@ def hydra_app(cfg: DictConfig) -> float | None:
         print(f"error: the loss was not finite {cfg.max_nonfinite_streak} steps in a row: stopped "
               f"(status stopped_nonfinite); lower optimizer.lr or optimizer.eps", file=sys.stderr)
         sys.exit(DIVERGED_EXIT_CODE)
-    return summary.get("test_at_best_dev", {}).get(f"test_{summary.get('metric', 'acc')}")
+    return sweep_objective(summary)
+
+
+def sweep_objective(summary: dict) -> float | None:
+    """What a Hydra sweeper (Optuna) optimises: the dev metric of the dev-selected model, to maximise.
+    Never the test metric: test must not drive any choice (protocol.md)."""
+    return summary.get("best", {}).get(f"dev_{summary.get('metric', 'acc')}")
 
 
 def record_failure(run_dir: Path, err: BaseException | None, *, remove_if_empty: bool,

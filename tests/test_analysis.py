@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from analysis.results_table import aggregate, load_runs, main
+from curvzo.analysis.results_table import aggregate, load_runs, main
 
 
 def write_summary(root, name, *, optimizer, lr, seed, test_acc, status="finished", **extra):
@@ -56,8 +56,8 @@ def test_cli_writes_csv_and_refuses_an_empty_directory(tmp_path, capsys):
 
 
 def test_dev_curves_follow_forward_passes_and_draw(tmp_path, capsys):
-    from analysis.dev_curves import curve_table, load_curves
-    from analysis.dev_curves import main as curves_main
+    from curvzo.analysis.dev_curves import curve_table, load_curves
+    from curvzo.analysis.dev_curves import main as curves_main
 
     for name, optimizer, accs in (("a", "mezo", [0.5, 0.6, 0.7]), ("b", "curvzo", [0.5, 0.65, 0.6])):
         write_summary(tmp_path, name, optimizer=optimizer, lr=1e-4, seed=0, test_acc=0.7)
@@ -78,7 +78,7 @@ def test_dev_curves_follow_forward_passes_and_draw(tmp_path, capsys):
 
 
 def test_the_precision_study_measures_drift_only_for_in_place_probes():
-    from analysis.precision import plain_tensor_drift
+    from curvzo.analysis.precision import plain_tensor_drift
 
     rows = {(r["dtype"], r["probe"]): r for r in plain_tensor_drift(steps=20, numel=20_000)}
     for dtype in ("float32", "bfloat16", "float16"):

@@ -1,4 +1,4 @@
-"""``python -m analysis.build`` end to end: on the fixture runs, on bad input, and on a real tiny sweep."""
+"""``curvzo-tables`` end to end: on the fixture runs, on bad input, and on a real tiny sweep."""
 
 from __future__ import annotations
 
@@ -9,13 +9,15 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.integration  # every test here runs curvzo subprocesses
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = REPO_ROOT / "tests" / "fixtures"
 BIN = Path(sys.executable).parent
 
 
 def build(*args, cwd=REPO_ROOT) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "analysis.build", *map(str, args)], cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "curvzo.analysis.build", *map(str, args)], cwd=cwd,
                           capture_output=True, text=True, timeout=300)
 
 
@@ -57,9 +59,9 @@ def test_bad_input_is_one_line_exit_2_and_no_output(tmp_path, case):
 
 def test_make_tables_runs_the_module_with_out_defaulting_under_runs():
     dry = subprocess.run(["make", "-n", "tables", "RUNS=some/sweep"], cwd=REPO_ROOT, capture_output=True, text=True)
-    assert dry.returncode == 0 and ".venv/bin/python -m analysis.build some/sweep some/sweep/analysis" in dry.stdout
+    assert dry.returncode == 0 and ".venv/bin/curvzo-tables some/sweep some/sweep/analysis" in dry.stdout
     dry = subprocess.run(["make", "-n", "tables", "RUNS=a", "OUT=b"], cwd=REPO_ROOT, capture_output=True, text=True)
-    assert "-m analysis.build a b" in dry.stdout
+    assert "curvzo-tables a b" in dry.stdout
 
 
 def test_smoke_real_tiny_sweep_to_tables(tmp_path, shared_data_dir):

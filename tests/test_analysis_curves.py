@@ -8,13 +8,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from analysis.collect import collect_runs, load_curves, run_row, tidy
-from analysis.figures import budget_label, plot_curves
-from analysis.memory import memory_table
-from analysis.memory import to_markdown as memory_markdown
-from analysis.speedup import first_reach, smooth, speedup_table
-from analysis.speedup import to_markdown as speedup_markdown
-from analysis.tables import select_on_dev
+from curvzo.analysis.collect import collect_runs, load_curves, run_row, tidy
+from curvzo.analysis.figures import budget_label, plot_curves
+from curvzo.analysis.memory import memory_table
+from curvzo.analysis.memory import to_markdown as memory_markdown
+from curvzo.analysis.speedup import first_reach, smooth, speedup_table
+from curvzo.analysis.speedup import to_markdown as speedup_markdown
+from curvzo.analysis.tables import select_on_dev
 
 RUNS_DIR = Path(__file__).resolve().parent / "fixtures" / "analysis_runs"
 

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from analysis.collect import (
+from curvzo.analysis.collect import (
     CORE_COLUMNS,
     CollectError,
     collect_runs,
@@ -25,13 +25,13 @@ from analysis.collect import (
     run_row,
     tidy,
 )
-from analysis.missing import (
+from curvzo.analysis.missing import (
     grid_from_multirun,
     missing_report,
     missing_runs,
     parse_overrides,
 )
-from analysis.tables import (
+from curvzo.analysis.tables import (
     STEP0,
     build_table,
     cell_text,

@@ -29,6 +29,7 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+@pytest.mark.integration
 def test_one_job_writes_config_metrics_and_summary(tmp_path, shared_data_dir):
     out = tmp_path / "run"
     proc = curvzo_run(*SMOKE, f"paths.data_dir={shared_data_dir}", f"hydra.run.dir={out}", "logger=jsonl")
@@ -53,6 +54,7 @@ def test_one_job_writes_config_metrics_and_summary(tmp_path, shared_data_dir):
     assert len(read_jsonl(out / "trajectory.jsonl")) == 4
 
 
+@pytest.mark.integration
 def test_same_command_twice_gives_identical_metrics(tmp_path, shared_data_dir):
     rows = []
     for name in ("a", "b"):
@@ -64,6 +66,7 @@ def test_same_command_twice_gives_identical_metrics(tmp_path, shared_data_dir):
     assert rows[0] == rows[1]
 
 
+@pytest.mark.integration
 def test_multirun_runs_every_job(tmp_path, shared_data_dir):
     sweep = tmp_path / "sweep"
     proc = curvzo_run("-m", *SMOKE, "seed=0,1", f"paths.data_dir={shared_data_dir}", f"hydra.sweep.dir={sweep}",
@@ -74,6 +77,7 @@ def test_multirun_runs_every_job(tmp_path, shared_data_dir):
     assert all(s["status"] == "finished" for s in summaries)
 
 
+@pytest.mark.integration
 def test_named_sweep_file_runs_its_grid(tmp_path, shared_data_dir):
     sweep = tmp_path / "sweep"
     proc = curvzo_run("-cd", str(REPO_ROOT / "sweeps"), "-cn", "mezo_lr_smoke", f"paths.data_dir={shared_data_dir}",
@@ -83,6 +87,7 @@ def test_named_sweep_file_runs_its_grid(tmp_path, shared_data_dir):
     assert [(s["lr"], s["seed"]) for s in summaries] == [(1e-4, 0), (1e-4, 1), (1e-3, 0), (1e-3, 1)]
 
 
+@pytest.mark.integration
 def test_wandb_offline_run_is_written_and_finished(tmp_path, shared_data_dir):
     out = tmp_path / "run"
     proc = curvzo_run(*SMOKE, f"paths.data_dir={shared_data_dir}", f"hydra.run.dir={out}", "logger.wandb.mode=offline")
@@ -98,6 +103,7 @@ def _error_line(proc: subprocess.CompletedProcess) -> str:
     return lines[-1] if lines else ""
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("args", [["optimizer=no_such_optimizer"], ["-m", "optimizer=mezo,no_such_optimizer"]])
 def test_unknown_config_option_is_one_line(tmp_path, args):
     proc = curvzo_run(*args, f"hydra.run.dir={tmp_path / 'x'}")
@@ -108,6 +114,7 @@ def test_unknown_config_option_is_one_line(tmp_path, args):
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("override,needle", [
     ("optimizer.lr=-1", "optimizer.lr must be"),
     ("optimizer.eps=0", "optimizer.eps must be"),
@@ -123,6 +130,7 @@ def test_bad_values_fail_before_the_model_loads(tmp_path, override, needle):
     assert not (out / "metrics.jsonl").exists()
 
 
+@pytest.mark.integration
 def test_malformed_data_line_names_file_and_line(tmp_path, shared_data_dir):
     data = tmp_path / "data"
     sst2 = data / "glue" / "SST-2"
@@ -136,6 +144,7 @@ def test_malformed_data_line_names_file_and_line(tmp_path, shared_data_dir):
     assert "train.tsv:8" in line
 
 
+@pytest.mark.integration
 def test_help_and_cfg_job():
     proc = curvzo_run("--help")
     assert proc.returncode == 0 and ("optimizer: curvzo, curvzo_fixed, curvzo_uniform, dizo, fo_adam, hizoo, loren, mezo, "
@@ -149,6 +158,7 @@ CURVZO_KEYS = {"curvzo/budget_f", "curvzo/expected_selected", "curvzo/num_select
                "curvzo/d_eff", "curvzo/entropy", "curvzo/pi_min", "curvzo/pi_max", "curvzo/max_inv_pi_selected"}
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("preset", ["curvzo", "curvzo_uniform", "curvzo_fixed"])
 def test_curvzo_presets_run_and_log_their_diagnostics(tmp_path, shared_data_dir, preset):
     out = tmp_path / "run"
@@ -176,6 +186,7 @@ FORWARDS_PER_STEP = {"mezo": 2, "zo_sgd_momentum": 2, "zo_adam": 2, "sparse_mezo
                      "loren": 10, "fo_adam": 1}
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("method", sorted(FORWARDS_PER_STEP))
 def test_every_method_runs_the_smoke_job_and_counts_its_forward_passes(tmp_path, shared_data_dir, method):
     out = tmp_path / "run"
@@ -194,6 +205,7 @@ def test_every_method_runs_the_smoke_job_and_counts_its_forward_passes(tmp_path,
 ZO_METHODS = ("mezo", "curvzo", "sparse_mezo", "hizoo", "loren", "dizo", "zo_sgd_momentum", "zo_adam")
 
 
+@pytest.mark.integration
 def test_every_zo_method_trains_tiny_llama_in_bfloat16_with_exact_probes_and_stochastic_rounding(tmp_path,
                                                                                                shared_data_dir):
     sweep = tmp_path / "sweep"
@@ -210,6 +222,7 @@ def test_every_zo_method_trains_tiny_llama_in_bfloat16_with_exact_probes_and_sto
         assert "dtype: bfloat16" in config and "probe: exact" in config
 
 
+@pytest.mark.integration
 def test_dizo_projection_spends_its_probes_on_fresh_batches(tmp_path, shared_data_dir):
     out = tmp_path / "run"
     proc = curvzo_run("model=tiny-opt", "task=sst2", "optimizer=dizo", "optimizer.interval=2",
@@ -224,6 +237,7 @@ def test_dizo_projection_spends_its_probes_on_fresh_batches(tmp_path, shared_dat
     assert len(info["projected_tensors"]) == 4 and all("k_proj" in n or "v_proj" in n for n in info["projected_tensors"])
 
 
+@pytest.mark.integration
 def test_forward_pass_budget_stops_and_evaluates_at_equal_cost(tmp_path, shared_data_dir):
     out = tmp_path / "run"
     proc = curvzo_run("model=tiny-opt", "task=sst2", "optimizer=hizoo", "budget=smoke", "budget.max_steps=100",
@@ -237,6 +251,7 @@ def test_forward_pass_budget_stops_and_evaluates_at_equal_cost(tmp_path, shared_
     assert summary["steps"] == 4 and summary["forward_passes"] == 12
 
 
+@pytest.mark.integration
 def test_forward_pass_budget_is_never_overrun_by_a_projection_step(tmp_path, shared_data_dir):
     # DiZO steps cost 2, 2 + 2J, 2, 2 + 2J, ... (interval 2, J 3): a budget of 15 ends after 3 steps (12 passes)
     out = tmp_path / "run"

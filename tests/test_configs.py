@@ -7,6 +7,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from curvzo.errors import ConfigError
@@ -113,13 +114,21 @@ def test_disallowed_target_is_refused(override):
 def launch_commands() -> list[tuple[str, str]]:
     """(file, command) for every '# launch: curvzo-run ...' line in conf/, experiments/, sweeps/."""
     found = []
-    for folder in ("conf", "experiments", "sweeps"):
+    for folder in ("conf",):  # experiments/ and sweeps/ live inside it (curvzo/conf)
         for path in sorted((REPO_ROOT / folder).rglob("*.yaml")):
             for line in path.read_text().splitlines():
                 if line.lstrip("# ").startswith("launch: curvzo-run"):
                     command = line.split("launch:", 1)[1].split("  (")[0].strip()  # drop a trailing note
                     found.append((str(path.relative_to(REPO_ROOT)), command))
     return found
+
+
+def first_value(key: str, values) -> str:
+    """``key=<its first value>`` for a grid entry: a list's first item, an (Optuna) interval's start."""
+    override = OverridesParser.create().parse_overrides([f"{key}={values}"])[0]
+    if override.is_interval_sweep():
+        return f"{key}={override.value().start}"
+    return f"{key}={str(values).split(',')[0]}"
 
 
 @pytest.mark.parametrize("where,command", launch_commands())
@@ -130,7 +139,7 @@ def test_every_documented_launch_command_composes_and_validates(where, command):
         cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
         # a sweep file's grid: check its first job
         grid = cfg.hydra.sweeper.get("params") or {}
-        first_job = [f"{key}={str(values).split(',')[0]}" for key, values in grid.items()]
+        first_job = [first_value(key, values) for key, values in grid.items()]
         cfg = compose(config_name, overrides=overrides + first_job, return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)
     validate_config(cfg)  # what runs before any data or model is touched

@@ -100,7 +100,8 @@ def compose_job(config_dir: str, config_name: str, overrides: list[str]):
 def sweep_lists(params) -> dict[str, list[str]]:
     """hydra.sweeper.params as {key: [value, ...]}, parsed with Hydra's own override parser."""
     parsed = OverridesParser.create().parse_overrides([f"{key}={value}" for key, value in params.items()])
-    return {o.key_or_group: list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
+    return {o.key_or_group: [str(o.value())] if o.is_interval_sweep()  # an Optuna interval is a range, not a list
+            else list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
             for o in parsed}
 
 
@@ -153,8 +154,8 @@ def test_every_target_has_its_three_scales_and_nothing_else():
 def test_experiment_file_is_global_and_headed_by_its_commands(name):
     lines = (EXPERIMENTS / f"{name}.yaml").read_text().splitlines()
     assert lines[0] == "# @package _global_"
-    assert lines[1].startswith("# launch: curvzo-run -cd sweeps -cn "), "the second line is the command that runs it"
-    sweeps = [split_command(c)[1] for c in header_commands(EXPERIMENTS / f"{name}.yaml", "launch")]
+    assert lines[1].startswith("# launch: curvzo-run -cn sweeps/"), "the second line is the command that runs it"
+    sweeps = [split_command(c)[1].removeprefix("sweeps/") for c in header_commands(EXPERIMENTS / f"{name}.yaml", "launch")]
     target, _, scale = name.partition("-")
     expected = sorted(p.stem for p in SWEEPS.glob(f"{target}-{scale or 'paper'}*.yaml"))
     assert sorted(sweeps) == expected, "the header names every sweep of its scale"
@@ -200,8 +201,9 @@ def test_paper_budgets_follow_the_protocol():
 @pytest.mark.parametrize("name", sorted(JOBS))
 def test_sweep_file_is_headed_by_its_command(name):
     lines = (SWEEPS / f"{name}.yaml").read_text().splitlines()
-    assert lines[0].startswith("# ") and "launch:" not in lines[0]
-    assert lines[1] == f"# launch: curvzo-run -cd sweeps -cn {name}"
+    assert lines[0] == "# @package _global_"  # run as -cn sweeps/<name>, its keys stay at the top level
+    assert lines[1].startswith("# ") and "launch:" not in lines[1]
+    assert lines[2] == f"# launch: curvzo-run -cn sweeps/{name}"
 
 
 @pytest.mark.parametrize("path", NEW_FILES, ids=lambda p: str(p.relative_to(REPO_ROOT)))
@@ -355,6 +357,7 @@ def test_slurm_launcher_composes_with_one_gpu_and_requeue(monkeypatch, tmp_path)
     assert executor._executor.max_num_timeout == launcher["max_num_timeout"]
 
 
+@pytest.mark.integration
 def test_submitit_local_launcher_runs_two_tiny_jobs(tmp_path, shared_data_dir):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher", reason="hydra-submitit-launcher is not installed")
     sweep = tmp_path / "sweep"
@@ -381,33 +384,37 @@ def make_dry_run(*args: str) -> list[str]:
     return [" ".join(line.split()) for line in proc.stdout.splitlines() if line.strip()]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("target,scale", list(itertools.product(TARGETS, ("smoke", "local"))))
 def test_make_target_prints_its_sweep_and_analysis(target, scale):
     runs = f"multirun/{target}-{scale}"
     lines = make_dry_run(target, f"SCALE={scale}")
-    assert lines == [f".venv/bin/curvzo-run -cd sweeps -cn {target}-{scale} hydra.sweep.dir={runs}/{target}-{scale}",
-                     f".venv/bin/python -m analysis.build {runs} {runs}/analysis"]
+    assert lines == [f".venv/bin/curvzo-run -cn sweeps/{target}-{scale} hydra.sweep.dir={runs}/{target}-{scale}",
+                     f".venv/bin/curvzo-tables {runs} {runs}/analysis"]
     # the command is the one in the experiment's header, plus where the runs go
-    assert f"curvzo-run -cd sweeps -cn {target}-{scale}" in header_commands(EXPERIMENTS / f"{target}-{scale}.yaml", "launch")
+    assert f"curvzo-run -cn sweeps/{target}-{scale}" in header_commands(EXPERIMENTS / f"{target}-{scale}.yaml", "launch")
 
 
+@pytest.mark.integration
 def test_make_defaults_to_smoke_and_passes_data_dir_and_args():
     assert make_dry_run("table1") == make_dry_run("table1", "SCALE=smoke")
     lines = make_dry_run("figure3", "SCALE=local", "DATA_DIR=my/data", "RUNS=out/r", "ARGS=seed=0,1")
-    assert lines == [".venv/bin/curvzo-run -cd sweeps -cn figure3-local hydra.sweep.dir=out/r/figure3-local "
-                     "paths.data_dir=my/data seed=0,1", ".venv/bin/python -m analysis.build out/r out/r/analysis"]
+    assert lines == [".venv/bin/curvzo-run -cn sweeps/figure3-local hydra.sweep.dir=out/r/figure3-local "
+                     "paths.data_dir=my/data seed=0,1", ".venv/bin/curvzo-tables out/r out/r/analysis"]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("target", TARGETS)
 def test_make_paper_target_submits_every_paper_sweep_to_slurm(target):
     lines = make_dry_run(target, "SCALE=paper", "PARTITION=gpu")
     sweeps = sorted(p.stem for p in SWEEPS.glob(f"{target}-paper*.yaml"))
     runs = f"multirun/{target}-paper"
-    assert lines[:-1] == [f".venv/bin/curvzo-run -cd sweeps -cn {s} hydra.sweep.dir={runs}/{s} "
+    assert lines[:-1] == [f".venv/bin/curvzo-run -cn sweeps/{s} hydra.sweep.dir={runs}/{s} "
                           "hydra/launcher=curvzo_slurm hydra.launcher.partition=gpu" for s in sweeps]
-    assert lines[-1] == f".venv/bin/python -m analysis.build {runs} {runs}/analysis"
+    assert lines[-1] == f".venv/bin/curvzo-tables {runs} {runs}/analysis"
 
 
+@pytest.mark.integration
 def test_make_rejects_an_unknown_scale():
     if shutil.which("make") is None:
         pytest.skip("make is not installed")
@@ -417,6 +424,7 @@ def test_make_rejects_an_unknown_scale():
 
 
 # end to end ----------------------------------------------------------------------------------------------------------
+@pytest.mark.integration
 def test_table1_smoke_sweep_runs_end_to_end(tmp_path, shared_data_dir):
     """The sweep `make table1` runs (8 tiny jobs, about a minute on 2 cores)."""
     sweep = tmp_path / "table1-smoke"
@@ -467,7 +475,7 @@ def test_every_sweep_runs_the_optimizers_it_names(path):
     named = named_methods(path.stem)
     if named:
         assert runs == named, f"{path.name} is named after {sorted(named)} but its jobs run {sorted(runs)}"
-    mentioned = named_methods(path.read_text().splitlines()[0], aliases=False)
+    mentioned = named_methods(path.read_text().splitlines()[1], aliases=False)  # [0] is "# @package _global_"
     assert mentioned <= runs, f"{path.name}'s first line names {sorted(mentioned - runs)}, which none of its jobs run"
 
 
@@ -481,3 +489,26 @@ def test_every_experiment_runs_the_optimizer_it_names(path):
     named = named_methods(path.stem)
     if named:
         assert {compose_job(CONFIG_DIR, "config", [f"experiment={path.stem}"]).hydra.runtime.choices.optimizer} == named
+
+
+# tuning on dev with Optuna (issue 18) ------------------------------------------------------------------------------------
+@pytest.mark.integration
+def test_the_optuna_sweep_runs_two_trials_and_keeps_the_best_dev_value(tmp_path, shared_data_dir):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    sweep = tmp_path / "tune"
+    done = subprocess.run([sys.executable, "-m", "curvzo.run", "-cn", "sweeps/tune_smoke", f"paths.data_dir={shared_data_dir}",
+                           f"hydra.sweep.dir={sweep}"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    trials = [json.loads((sweep / job / "summary.json").read_text()) for job in ("0", "1")]
+    assert len({t["lr"] for t in trials}) == 2  # Optuna chose two learning rates
+    results = (sweep / "optimization_results.yaml").read_text()
+    best = max(t["best"]["dev_acc"] for t in trials)  # the value each trial returned: dev, never test
+    assert f"best_value: {best}" in results
+
+
+def test_the_tuning_sweep_composes_with_a_search_space_on_dev():
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    cfg, _ = compose_sweep("tune_smollm2_sst2", ["optimizer=hizoo"])
+    assert cfg.hydra.sweeper.direction == "maximize" and cfg.select_by == "dev_metric"
+    assert cfg.hydra.sweeper.params["optimizer.lr"].startswith("tag(log, interval(")
+    assert cfg.hydra.runtime.choices.optimizer == "hizoo" and cfg.model.dtype == "float32"

@@ -131,6 +131,7 @@ def test_a_directory_with_outputs_but_no_checkpoint_is_refused(job_cfg, tmp_path
     assert (out / "metrics.jsonl").read_text() == '{"step": 1}\n' and sorted(os.listdir(out)) == ["metrics.jsonl"]
 
 
+@pytest.mark.integration
 def test_a_refused_directory_keeps_its_status_from_the_command_line(tmp_path):
     out = tmp_path / "run"
     assert curvzo_run(*BASE, f"hydra.run.dir={out}").returncode == 0
@@ -142,6 +143,7 @@ def test_a_refused_directory_keeps_its_status_from_the_command_line(tmp_path):
 
 
 # 3. Ctrl-C: traceback, status failed, no checkpoint -------------------------------------------------------------------
+@pytest.mark.integration
 def test_ctrl_c_finishes_the_step_checkpoints_and_a_rerun_continues(tmp_path):
     out, whole = tmp_path / "run", tmp_path / "whole"
     run = [*BASE, "budget.max_steps=12", "budget.eval_every=4"]
@@ -161,6 +163,7 @@ def test_ctrl_c_finishes_the_step_checkpoints_and_a_rerun_continues(tmp_path):
     assert [r["step"] for r in read_jsonl(out / "metrics.jsonl") if "train/loss" in r] == list(range(1, 13))
 
 
+@pytest.mark.integration
 def test_a_second_ctrl_c_stops_at_once_with_one_line(tmp_path):
     out = tmp_path / "run"
     proc = curvzo_run(*BASE, "budget.max_steps=12", "checkpoint.every=4", f"hydra.run.dir={out}",
@@ -174,6 +177,7 @@ def test_a_second_ctrl_c_stops_at_once_with_one_line(tmp_path):
 
 
 # 5. resume=true into an older directory lost the resumed part of the log ------------------------------------------------
+@pytest.mark.integration
 def test_a_resumed_run_logs_into_its_own_run_log(tmp_path):
     root = tmp_path / "outputs"
     run = [*BASE, "budget.max_steps=12", "checkpoint.every=4", f"paths.output_root={root}"]
@@ -202,6 +206,7 @@ def test_an_unknown_key_is_one_line_with_a_suggestion():
     assert command_line_problem(BASE, CONFIG_DIR) is None
 
 
+@pytest.mark.integration
 def test_typos_from_the_command_line_exit_2_with_one_line(tmp_path):
     for typo, expected in (("+optimizer.lrr=5", "did you mean optimizer.lr?"),
                            ("optimizer.lrr=1", "did you mean optimizer.lr?")):
@@ -225,6 +230,7 @@ def test_a_run_directory_under_a_file_or_unwritable_is_one_line(tmp_path):
 
 
 # 8. errors after composing left a directory behind --------------------------------------------------------------------------
+@pytest.mark.integration
 @pytest.mark.parametrize("overrides,expected", [
     (["model.dtype=float8"], "model.dtype='float8' is not supported"),
     (["model.device=cuda"], "model.device"),
@@ -239,6 +245,7 @@ def test_bad_model_settings_leave_no_directory(tmp_path, overrides, expected):
     assert not out.exists()
 
 
+@pytest.mark.integration
 def test_a_missing_model_path_leaves_no_directory(tmp_path):
     out = tmp_path / "run"
     proc = curvzo_run(*[o for o in BASE if not o.startswith("model=")], "model=smollm2-135m",
@@ -313,6 +320,7 @@ def test_evaluation_sets_are_encoded_once(monkeypatch):
 
 
 # 12. a diverged run exited 0 ---------------------------------------------------------------------------------------------
+@pytest.mark.integration
 def test_a_diverged_run_exits_non_zero(tmp_path):
     out = tmp_path / "run"
     proc = curvzo_run(*BASE, "optimizer.lr=1e30", "max_nonfinite_streak=2", f"hydra.run.dir={out}")
@@ -345,6 +353,7 @@ def test_the_progress_bar_shows_the_loss_of_the_step_it_counts(job_cfg, tmp_path
     assert shown == list(zip(range(1, 5), losses))
 
 
+@pytest.mark.integration
 def test_wall_time_of_a_resumed_run_counts_every_invocation(tmp_path):
     out = tmp_path / "run"
     run = [*BASE, "budget.max_steps=12", "checkpoint.every=4", f"hydra.run.dir={out}"]
@@ -363,6 +372,7 @@ def test_the_bench_names_its_own_flag_for_a_missing_data_directory(tmp_path):
 
 
 # long jobs: a sweep's closing summary, and a rerun that skips its finished jobs -----------------------------------
+@pytest.mark.integration
 def test_a_sweep_ends_with_a_summary_and_a_rerun_skips_finished_jobs(tmp_path):
     sweep = tmp_path / "sweep"
     args = ["-m", *BASE, "seed=0,1", f"hydra.sweep.dir={sweep}"]
@@ -387,3 +397,21 @@ def test_a_finished_run_continues_for_more_steps_and_equals_a_longer_run(job_cfg
     assert (longer["best"], longer["test_at_best_dev"]) == (fresh["best"], fresh["test_at_best_dev"])
     with pytest.raises(RunDirectoryError, match=r"is at step 8, past budget.max_steps=6: a run continues for more"):
         run_job(job_cfg("checkpoint.every=2", "budget.max_steps=6"), out)
+
+
+# issue 18: what a Hydra sweeper (Optuna) optimises is the dev metric, never test ------------------------------------
+def test_the_task_function_returns_the_dev_metric_of_the_selected_model(tmp_path):
+    from curvzo.run import hydra_app, sweep_objective
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("config", return_hydra_config=True, overrides=[*BASE, "select_by=dev_metric"])
+    cfg.hydra.runtime.output_dir = str(tmp_path / "run")
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    value = hydra_app(cfg)  # Hydra passes a given config straight to the task function
+    GlobalHydra.instance().clear()
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert value == summary["best"]["dev_acc"] == sweep_objective(summary)
+    assert sweep_objective({"metric": "f1", "best": {"dev_f1": 0.5}, "test_at_best_dev": {"test_f1": 0.9}}) == 0.5

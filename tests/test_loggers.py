@@ -17,6 +17,10 @@ from curvzo.job import run_job
 from curvzo.loggers import JsonlLogger, WandbLogger
 from curvzo.run import CONFIG_DIR
 from curvzo.train import TrainingLoop
+from curvzo.wandb_run import WandbRun
+
+RUN = WandbRun(mode="offline", project="curvzo", entity=None, name="mezo-sst2-seed0", group=None, job_type="train",
+               run_id="0123abcd")
 
 
 class FakeRun:
@@ -50,7 +54,7 @@ def test_failing_init_is_one_warning_and_nothing_else(monkeypatch, tmp_path, cap
         raise RuntimeError("api key required\nmore lines")
 
     monkeypatch.setattr(wandb, "init", refuse)
-    logger = WandbLogger(tmp_path)
+    logger = WandbLogger(tmp_path, RUN)
     for step in range(3):
         logger.log_dict({"train/loss": 1.0}, step)
     logger.log_summary({"status": "finished"})
@@ -61,7 +65,7 @@ def test_failing_init_is_one_warning_and_nothing_else(monkeypatch, tmp_path, cap
 def test_failing_log_stops_sending_but_the_run_is_still_finished(monkeypatch, tmp_path, caplog):
     run = FakeRun(fail_after=2)
     monkeypatch.setattr(wandb, "init", lambda **kwargs: run)
-    logger = WandbLogger(tmp_path)
+    logger = WandbLogger(tmp_path, RUN)
     for step in range(5):
         logger.log_dict({"train/loss": float(step)}, step)
     logger.close("failed")
@@ -120,3 +124,65 @@ def test_a_crash_in_training_still_finishes_wandb_and_writes_summary(monkeypatch
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["status"] == "failed" and summary["steps"] == 2
     assert run.finished_with == [1]
+
+
+# how a job appears in W&B (issue 18) -------------------------------------------------------------------------------------
+def test_init_gets_the_jobs_name_group_tags_and_id(monkeypatch, smoke_cfg, tmp_path):
+    seen = {}
+    monkeypatch.setattr(wandb, "init", lambda **kwargs: seen.update(kwargs) or FakeRun())
+    for variable in ("WANDB_MODE", "WANDB_PROJECT", "WANDB_ENTITY", "WANDB_NAME", "WANDB_RUN_GROUP", "WANDB_JOB_TYPE"):
+        monkeypatch.delenv(variable, raising=False)
+    summary = run_job(smoke_cfg, tmp_path / "out")
+    assert seen["mode"] == "offline" and seen["project"] == "curvzo" and seen["job_type"] == "train"
+    assert seen["name"] == "mezo-sst2-tiny-opt-lr0.001-smoke-seed0"  # the fixture's overrides, paths left out
+    assert seen["id"] == summary["wandb_run_id"] and seen["resume"] == "allow" and len(seen["id"]) == 8
+    assert {"optimizer/mezo", "task/sst2", "model/tiny-opt", "peft/full", "budget/smoke"} <= set(seen["tags"])
+
+
+def test_the_environment_wins_over_the_config(monkeypatch, smoke_cfg, tmp_path):
+    monkeypatch.setattr(wandb, "init", lambda **kwargs: pytest.fail("WANDB_MODE=disabled must not start W&B"))
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert run_job(smoke_cfg, tmp_path / "out")["status"] == "finished"
+
+    seen = {}
+    monkeypatch.setattr(wandb, "init", lambda **kwargs: seen.update(kwargs) or FakeRun())
+    monkeypatch.setenv("WANDB_MODE", "dryrun")
+    monkeypatch.setenv("WANDB_PROJECT", "from-env")
+    monkeypatch.setenv("WANDB_ENTITY", "team-env")
+    run_job(smoke_cfg, tmp_path / "out2")
+    assert (seen["mode"], seen["project"], seen["entity"]) == ("offline", "from-env", "team-env")
+
+
+def test_online_without_credentials_falls_back_to_offline_with_one_line(monkeypatch, tmp_path, caplog):
+    from curvzo.wandb_run import has_credentials, resolve_mode
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_IDENTITY_TOKEN_FILE", raising=False)
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    assert not has_credentials()
+    with caplog.at_level(logging.WARNING):
+        assert resolve_mode("online", tmp_path / "run") == "offline"
+    lines = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(lines) == 1 and f"wandb sync {tmp_path / 'run'}/wandb/offline-run-*" in lines[0]
+    (tmp_path / "netrc").write_text("machine api.wandb.ai login user password 0123456789abcdef\n")
+    (tmp_path / "netrc").chmod(0o600)
+    assert has_credentials() and resolve_mode("online", tmp_path) == "online"
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setenv("NETRC", str(tmp_path / "absent"))
+    assert resolve_mode("online", tmp_path) == "online"
+
+
+def test_run_names_come_from_the_overrides_and_groups_from_the_sweep(smoke_cfg):
+    from curvzo.wandb_run import group_name, run_name
+
+    choices = {"optimizer": "mezo", "task": "sst2", "model": "tiny-opt", "peft": "lora", "budget": "smoke"}
+    overrides = ["optimizer=mezo", "task=sst2", "optimizer.lr=1e-3", "peft=lora", "seed=0",
+                 "paths.data_dir=/data", "hydra.sweep.dir=x", "+logger.wandb.tags=[a]"]
+    assert run_name(smoke_cfg, choices, overrides) == "mezo-sst2-lr0.001-lora-seed0"
+    smoke_cfg.optimizer.lr = 1e-6
+    assert run_name(smoke_cfg, choices, ["optimizer.lr=1e-6", "seed=0"]) == "mezo-sst2-lr1e-06-seed0"
+    assert group_name(None, choices, "sweeps/table1-smoke", "multirun/x") == "table1-smoke"
+    assert group_name(None, {**choices, "experiment": "table1-local"}, "config", None) == "table1-local"
+    assert group_name(None, choices, "config", "multirun/2026-12-03/10-00-00") == "10-00-00"
+    assert group_name("mine", choices, "sweeps/table1-smoke", None) == "mine" and group_name(None, choices, "config", None) is None

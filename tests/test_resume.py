@@ -83,6 +83,7 @@ def assert_same_run(resumed: Path, whole: Path) -> None:
     assert eval_rows(resumed) == eval_rows(whole)  # rows past the checkpoint were dropped, not doubled
 
 
+@pytest.mark.integration
 def test_sigkill_after_a_checkpoint_then_resume_true_equals_an_uninterrupted_run(tmp_path, uninterrupted):
     root = tmp_path / "outputs"
     killed = curvzo_run(*RUN, f"paths.output_root={root}", interrupt=(25, signal.SIGKILL))
@@ -95,6 +96,7 @@ def test_sigkill_after_a_checkpoint_then_resume_true_equals_an_uninterrupted_run
     assert_same_run(run_dir, uninterrupted)
 
 
+@pytest.mark.integration
 def test_sigterm_writes_a_checkpoint_and_exits_for_requeue_and_the_requeued_job_resumes(tmp_path, uninterrupted):
     run_dir = tmp_path / "run"
     stopped = curvzo_run(*RUN, f"hydra.run.dir={run_dir}", interrupt=(15, signal.SIGTERM))
@@ -107,6 +109,7 @@ def test_sigterm_writes_a_checkpoint_and_exits_for_requeue_and_the_requeued_job_
     assert_same_run(run_dir, uninterrupted)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("extra", [["checkpoint.weights=true"], ["optimizer=fo_adam", "optimizer.lr=1e-3"]],
                          ids=["zo_stored_weights", "first_order"])
 def test_resume_from_stored_weights_equals_an_uninterrupted_run(tmp_path, extra):
@@ -123,6 +126,7 @@ def test_resume_from_stored_weights_equals_an_uninterrupted_run(tmp_path, extra)
     assert read_header(run_dir / FILE_NAME)["weights_fingerprint"] == read_header(whole / FILE_NAME)["weights_fingerprint"]
 
 
+@pytest.mark.integration
 def test_a_checkpoint_of_another_config_is_refused_with_the_differing_key(tmp_path, uninterrupted):
     run_dir = tmp_path / "run"
     proc = curvzo_run(*RUN, "optimizer.lr=3e-4", f"hydra.run.dir={run_dir}", f"resume={uninterrupted}")
@@ -132,12 +136,14 @@ def test_a_checkpoint_of_another_config_is_refused_with_the_differing_key(tmp_pa
     assert not run_dir.exists()  # refused before anything was written
 
 
+@pytest.mark.integration
 def test_resume_true_without_a_matching_checkpoint_is_an_error_not_a_fresh_start(tmp_path):
     proc = curvzo_run(*RUN, f"paths.output_root={tmp_path}", "resume=true")
     assert proc.returncode == 2 and "resume=true: no checkpoint of this config" in proc.stderr
     assert not any(tmp_path.rglob("metrics.jsonl"))
 
 
+@pytest.mark.integration
 def test_a_multirun_with_a_failing_job_completes_the_others_and_records_the_error(tmp_path):
     sweep = tmp_path / "sweep"
     proc = curvzo_run("-m", *RUN[:-2], "budget.max_steps=4", "checkpoint.every=2", "optimizer.lr=1e-4,-1",
@@ -146,8 +152,8 @@ def test_a_multirun_with_a_failing_job_completes_the_others_and_records_the_erro
     assert summary(sweep / "0")["status"] == "finished"
     status = json.loads((sweep / "1" / "status.json").read_text())
     assert status["status"] == "failed" and "optimizer.lr must be a finite number > 0, got -1" in status["error"]
-    from analysis.collect import collect_runs
-    from analysis.missing import failed_runs
+    from curvzo.analysis.collect import collect_runs
+    from curvzo.analysis.missing import failed_runs
 
     failed = failed_runs(collect_runs(sweep))
     assert list(failed["status"]) == ["failed"] and "optimizer.lr" in failed["error"].iloc[0]

@@ -1,0 +1,114 @@
+"""Collect every run's summary.json under a directory into one table, mean ± std over seeds.
+
+    curvzo-results-table multirun/            # print the table
+    curvzo-results-table multirun/ --csv results.csv --runs-csv runs.csv
+
+One row per configuration (task, model, optimizer, peft, budget, lr, eps); scores are the
+task's metric (``metric``: acc, or f1 for SQuAD/DROP) in percent, as the papers report them. Only finished runs enter the aggregate; the others are
+counted in the ``failed`` column so a broken sweep cannot look complete.
+
+This table lists every configuration; for the dev-selected paper-style tables, figures and
+reports use ``curvzo-tables RUNS OUT`` (``make tables``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+CONFIG_COLUMNS = ["task", "metric", "model", "optimizer", "peft", "budget", "lr", "eps"]
+
+
+def load_runs(root: str | Path) -> pd.DataFrame:
+    """One row per summary.json found below ``root`` (recursively)."""
+    rows = []
+    for path in sorted(Path(root).rglob("summary.json")):
+        try:
+            summary = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise SystemExit(f"error: {path}: not valid JSON ({err.msg}, line {err.lineno})") from None
+        metric = summary.get("metric", "acc")  # summaries before the generation tasks had accuracy only
+        rows.append({
+            **{key: summary.get(key) for key in CONFIG_COLUMNS},
+            "metric": metric,
+            "seed": summary.get("seed"),
+            "status": summary.get("status"),
+            "zero_shot": _percent(summary.get("zero_shot", {}).get(f"test_{metric}")),
+            "test": _percent(summary.get("test_at_best_dev", {}).get(f"test_{metric}")),
+            "best_dev": _percent(summary.get("best", {}).get(f"dev_{metric}")),
+            "selected_step": summary.get("best", {}).get("step"),
+            "steps": summary.get("steps"),
+            "forward_passes": summary.get("forward_passes"),
+            "sec_per_step": summary.get("sec_per_step"),
+            "sec_per_forward": _ratio(summary.get("sec_per_step"), summary.get("forward_passes_per_step")),
+            "peak_mem_gb": summary.get("peak_mem_gb"),
+            "state_mb": _ratio(summary.get("optimizer_info", {}).get("state_bytes"), 2**20),
+            "wall_time_s": summary.get("wall_time_s"),
+            "run_dir": str(path.parent),
+        })
+    return pd.DataFrame(rows)
+
+
+def _percent(value: float | None) -> float | None:
+    return None if value is None else 100.0 * value
+
+
+def _ratio(value: float | None, by: float | None) -> float | None:
+    return None if value is None or not by else value / by
+
+
+def aggregate(runs: pd.DataFrame) -> pd.DataFrame:
+    """Mean and sample standard deviation over seeds of the finished runs of each configuration."""
+    keys = [c for c in CONFIG_COLUMNS if c in runs]
+    grouped = runs.assign(finished=runs["status"] == "finished").groupby(keys, sort=True, dropna=False)
+    table = grouped.apply(_summarise, include_groups=False).reset_index()
+    return table.astype({"seeds": int, "failed": int})
+
+
+def _summarise(group: pd.DataFrame) -> pd.Series:
+    done = group[group["finished"]]
+    return pd.Series({
+        "seeds": len(done),
+        "failed": int((~group["finished"]).sum()),
+        "zero_shot": done["zero_shot"].mean(),
+        "test": done["test"].mean(),
+        "test_std": done["test"].std(ddof=1) if len(done) > 1 else float("nan"),
+        "best_dev": done["best_dev"].mean(),
+        "forward_passes": done["forward_passes"].mean(),
+        "sec_per_step": done["sec_per_step"].mean(),
+        "sec_per_forward": done["sec_per_forward"].mean(),
+        "peak_mem_gb": done["peak_mem_gb"].mean(),
+        "state_mb": done["state_mb"].mean(),
+    })
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("root", help="directory searched recursively for summary.json (e.g. multirun/)")
+    parser.add_argument("--csv", help="write the aggregated table here")
+    parser.add_argument("--runs-csv", help="write the per-run table here")
+    args = parser.parse_args(argv)
+    if not Path(args.root).is_dir():
+        print(f"error: {args.root}: no such directory", file=sys.stderr)
+        return 2
+    runs = load_runs(args.root)
+    if runs.empty:
+        print(f"error: no summary.json below {args.root}", file=sys.stderr)
+        return 2
+    table = aggregate(runs)
+    if args.runs_csv:
+        runs.to_csv(args.runs_csv, index=False)
+    if args.csv:
+        table.to_csv(args.csv, index=False)
+    hyper = {c: (lambda v: "-" if pd.isna(v) else f"{v:g}") for c in ("lr", "eps")}
+    with pd.option_context("display.width", 200, "display.max_columns", None, "display.precision", 1):
+        print(table.to_string(index=False, formatters=hyper, na_rep="-"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
