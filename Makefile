@@ -34,8 +34,8 @@ run: install ## Run the default job (add overrides with ARGS="task=sst2 paths.da
 test: install ## Run the whole test suite (includes the slow real-model test)
 	$(BIN)/pytest -q
 
-test-fast: install ## The unit tests: leaves out the slow real-model test and the end-to-end subprocess (integration) tests
-	$(BIN)/pytest -q -m "not slow and not integration"
+test-fast: install ## The unit tests: leaves out the slow real-model test and the end-to-end (integration) tests, one worker per core
+	$(BIN)/pytest -q -n auto -m "not slow and not integration"  # -n: a pytest-xdist worker per core
 
 table: install ## Tabulate every summary.json under RUNS (default multirun/): mean ± std over seeds
 	$(BIN)/curvzo-results-table $(RUNS)

@@ -105,6 +105,7 @@ def test_ratios_use_the_inference_row_of_their_own_dtype_and_compare_with_float3
     assert "[bfloat16] MeZO step / (2 x forward): 1.50 (goal <= 1.3 on cpu): **not met**" in text
 
 
+@pytest.mark.integration  # the whole bench end to end
 def test_bench_writes_json_and_table(tmp_path, shared_data_dir):
     out = tmp_path / "bench"
     code = bench_main(["--out", str(out), "--model", "tiny-opt", "--methods", "reference,mezo,mezo:inplace", "--repeats",
@@ -119,6 +120,7 @@ def test_bench_writes_json_and_table(tmp_path, shared_data_dir):
     assert "| mezo | float32 | exact | 2 |" in (out / "bench.md").read_text()
 
 
+@pytest.mark.integration  # the whole bench end to end
 def test_a_failed_measurement_is_one_line_and_the_others_are_kept(tmp_path, shared_data_dir, capsys):
     out = tmp_path / "b"
     code = bench_main(["--out", str(out), "--model", "tiny-opt", "--methods", "fo_adam,curvzo_uniform", "--repeats",

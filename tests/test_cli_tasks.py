@@ -9,6 +9,8 @@ import pytest
 
 from tests.test_cli import curvzo_run, read_jsonl
 
+pytestmark = pytest.mark.integration  # every test here runs curvzo-run in a subprocess
+
 
 def run_job(tmp_path: Path, *overrides: str) -> tuple[dict, list[dict]]:
     out = tmp_path / "run"
