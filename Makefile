@@ -47,8 +47,9 @@ tables: install ## Dev-selected tables, figures, missing runs, speed-up, memory:
 # Add ARGS="--methods reference,mezo,curvzo" or config overrides ("ARGS=model.dtype=bfloat16").
 BENCH_DATA_DIR ?= ../shared/data
 bench: OUT = outputs/bench
-bench: install ## Speed and memory of every ZO step (SmolLM2-135M, SST-2, batch 16): OUT/bench.{json,md} (OUT default outputs/bench)
+bench: install ## Speed and memory of every ZO step (SmolLM2-135M, SST-2, batch 16): OUT/bench.{json,md}; one vs several processes: OUT/distributed.{json,md}
 	$(BIN)/python -m curvzo.bench --out $(OUT) --data-dir $(BENCH_DATA_DIR) $(ARGS)
+	$(BIN)/python -m curvzo.bench.distributed --out $(OUT) --data-dir $(BENCH_DATA_DIR)
 
 bench-quick: OUT = outputs/bench-quick
 bench-quick: install ## The benchmark's harness on tiny-opt (reference, MeZO), well under a minute: OUT/bench.{json,md}

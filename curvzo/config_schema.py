@@ -10,8 +10,10 @@ by the classes they instantiate.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field, fields
+from datetime import datetime
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -43,6 +45,7 @@ class BudgetSchema:
     eval_every: int = at_least(1)
     eval_every_forward_passes: int | None = at_least(1, None)
     eval_batch_size: int = at_least(1)
+    micro_batch_size: int | None = at_least(1, None)
     num_train: int = at_least(0)  # training needs >= 1 (and num_dev >= 1): checked by the job
     num_dev: int = at_least(0)
     num_test: int = at_least(0)
@@ -79,6 +82,13 @@ class WandbSchema:
 
 
 @dataclass
+class DistributedSchema:
+    """``distributed:`` in conf/config.yaml: how one job uses the processes torchrun starts."""
+
+    mode: str = one_of("data", "query", default="data")
+
+
+@dataclass
 class LoggerSchema:
     """conf/logger/: metric rows and their mirrors."""
 
@@ -100,6 +110,7 @@ class CurvzoSchema:
     budget: BudgetSchema = field(default_factory=BudgetSchema)
     paths: PathsSchema = field(default_factory=PathsSchema)
     logger: LoggerSchema = field(default_factory=LoggerSchema)
+    distributed: DistributedSchema = field(default_factory=DistributedSchema)
     task: Any = MISSING
     schedule: Any = MISSING
     optimizer: Any = MISSING
@@ -108,8 +119,20 @@ class CurvzoSchema:
 
 
 def register_schemas() -> None:
-    """Put the schema in Hydra's ConfigStore (idempotent); conf/config.yaml lists it first."""
+    """Put the schema in Hydra's ConfigStore (idempotent); conf/config.yaml lists it first; register
+    ``${launch_time:<strftime pattern>}``, the run directory's time stamp."""
     ConfigStore.instance().store(name=SCHEMA_NAME, node=CurvzoSchema)
+    OmegaConf.register_new_resolver("launch_time", launch_time, use_cache=True, replace=True)
+
+
+LAUNCH_TIME_VARIABLE = "CURVZO_LAUNCH_TIME"  # ISO time; set on every rank of a distributed job from rank 0's clock
+
+
+def launch_time(pattern: str) -> str:
+    """Hydra's ``${now:...}``, except that the ranks of one distributed job share rank 0's time (the
+    processes start seconds apart, and must all write to one run directory)."""
+    shared = os.environ.get(LAUNCH_TIME_VARIABLE)
+    return (datetime.fromisoformat(shared) if shared else datetime.now()).strftime(pattern)
 
 
 def check_ranges(cfg: DictConfig, schema: type = CurvzoSchema, prefix: str = "") -> None:
@@ -135,7 +158,7 @@ def check_ranges(cfg: DictConfig, schema: type = CurvzoSchema, prefix: str = "")
 # nested schemas by field (``from __future__ import annotations`` leaves field types as strings)
 _NESTED: dict[type, dict[str, type]] = {
     CurvzoSchema: {"checkpoint": CheckpointSchema, "budget": BudgetSchema, "paths": PathsSchema,
-                   "logger": LoggerSchema},
+                   "logger": LoggerSchema, "distributed": DistributedSchema},
     LoggerSchema: {"wandb": WandbSchema},
 }
 

@@ -21,6 +21,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
+from curvzo import distributed
 from curvzo.checkpoint import (
     CheckpointError,
     json_fingerprint,
@@ -31,7 +32,7 @@ from curvzo.checkpoint import (
 )
 from curvzo.config_schema import check_ranges
 from curvzo.data import load_splits
-from curvzo.errors import ConfigError
+from curvzo.errors import ConfigError, CurvzoError, RunDirectoryError
 from curvzo.loggers import JsonlLogger, LoggerGroup, MetricLogger, WandbLogger
 from curvzo.models.common import parse_dtype, resolve_device
 from curvzo.optim.base import ZerothOrderOptimizer
@@ -116,7 +117,9 @@ def validate_config(cfg: DictConfig) -> LoopSettings:
             eval_batch_size=budget.eval_batch_size, max_length=_int_at_least(cfg, "model.max_length", 8),
             select_by=cfg.select_by, max_nonfinite_streak=cfg.max_nonfinite_streak, log_every=cfg.logger.log_every,
             max_forward_passes=budget.max_forward_passes, eval_every_forward_passes=budget.eval_every_forward_passes,
+            micro_batch_size=budget.micro_batch_size,
         )
+        world = distributed.set_mode(cfg.distributed.mode)
         check_model_placement(cfg)
         resume_mode(OmegaConf.select(cfg, "resume"))
         if trains(cfg):
@@ -131,6 +134,7 @@ def validate_config(cfg: DictConfig) -> LoopSettings:
             # a dry construction on a dummy tensor runs the optimizer's own argument checks
             dummy = torch.nn.Parameter(torch.zeros(1))
             dry = instantiate(optimizer_kwargs(cfg), "optimizer")([dummy])
+            check_parallelism(world, dry)
             first_step = dry.forward_passes_next_step() if isinstance(dry, ZerothOrderOptimizer) else 1
             if settings.max_forward_passes is not None and settings.max_forward_passes < first_step:
                 raise ConfigError(f"budget.max_forward_passes={settings.max_forward_passes} does not cover one step "
@@ -141,6 +145,18 @@ def validate_config(cfg: DictConfig) -> LoopSettings:
     except ValueError as err:  # torch.optim's own checks, e.g. 'Invalid beta parameter'
         raise ConfigError(f"optimizer: {err}") from None
     return settings
+
+
+def check_parallelism(world: distributed.World, optimizer) -> None:
+    """What a job over several processes can run: ZO methods only, and query parallelism needs exact probes."""
+    if not world.active:
+        return
+    if not isinstance(optimizer, ZerothOrderOptimizer):
+        raise ConfigError(f"{type(optimizer).__name__} (first-order) runs in one process; launch it without torchrun "
+                          f"(a ZO step exchanges a few scalars, a first-order step would need DDP's gradients)")
+    if world.query_parallel and optimizer.probe_mode != "exact":
+        raise ConfigError("distributed.mode=query needs optimizer.probe=exact (in-place probes of one step are "
+                          "sequential; use distributed.mode=data)")
 
 
 def check_model_placement(cfg: DictConfig) -> None:
@@ -205,7 +221,8 @@ def run_job(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     started = time.perf_counter()
     settings = validate_config(cfg)
     identity = run_identity(cfg)
-    plan = plan_directory(cfg, output_dir, identity)
+    plan = agreed_plan(cfg, output_dir, identity)
+    main = distributed.world().is_main  # rank 0 alone writes the run's files, checkpoints and W&B
     if plan.finished is not None:
         log.info("%s already holds this finished run (status.json): nothing to do", plan.run_dir)
         return plan.finished
@@ -220,9 +237,11 @@ def run_job(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         log.info("resuming %s after step %d (weights %s, fingerprint verified)", output_dir, parts.checkpoint.step, how)
         summary["resumed_from_step"] = parts.checkpoint.step
         previous_wall = float(parts.checkpoint.loop.get("wall_time_s", 0.0))
-        truncate_metrics(output_dir / "metrics.jsonl", parts.checkpoint.step)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
+        if main:
+            truncate_metrics(output_dir / "metrics.jsonl", parts.checkpoint.step)
+    if main:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, output_dir / "config.yaml", resolve=True)
 
     def wall_time() -> float:
         return previous_wall + time.perf_counter() - started
@@ -230,6 +249,8 @@ def run_job(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     zeroth_order = isinstance(parts.optimizer, ZerothOrderOptimizer)
 
     def write_checkpoint(step: int, loop_state: dict) -> None:
+        if not main:
+            return
         saved = build_checkpoint(step, {**loop_state, "wall_time_s": wall_time(), "wandb_run_id": wandb_run_id},
                                  identity=identity,
                                  data_fingerprint=parts.data_fingerprint, start_fingerprint=parts.start_fingerprint,
@@ -238,9 +259,9 @@ def run_job(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
         log.info("checkpoint after step %d: %s", step, save_checkpoint(output_dir, saved))
 
     summary["wandb_run_id"] = wandb_run_id
-    logger = build_loggers(cfg, output_dir, wandb_run_id)
+    logger = build_loggers(cfg, output_dir, wandb_run_id) if main else LoggerGroup([])
     logger.log_config(OmegaConf.to_container(cfg, resolve=True))
-    trajectory = open(output_dir / "trajectory.jsonl", "w", encoding="utf-8") if zeroth_order else None
+    trajectory = open(output_dir / "trajectory.jsonl", "w", encoding="utf-8") if zeroth_order and main else None
     if trajectory is not None and parts.checkpoint is not None:
         trajectory.writelines(json.dumps(record) + "\n" for record in parts.checkpoint.trajectory)
     status = "failed"
@@ -262,8 +283,36 @@ def run_job(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
             if trajectory is not None:
                 trajectory.close()
             summary["wall_time_s"] = wall_time()
-            finish(loop.result, summary, status, parts.optimizer, output_dir, logger, identity)
+            summary["final_weights_fingerprint"] = tensor_fingerprint(parts.params)  # compare runs across machines
+            if main:
+                finish(loop.result, summary, status, parts.optimizer, output_dir, logger, identity)
     return summary
+
+
+def agreed_plan(cfg: DictConfig, output_dir: Path, identity: dict) -> DirectoryPlan:
+    """The run directory's plan, made by rank 0 (which may move logs or refuse the directory) and shared with
+    every rank, so no rank reads a directory another is writing."""
+    world = distributed.world()
+    if not world.active:
+        return plan_directory(cfg, output_dir, identity)
+    outcome: dict = {}
+    if world.is_main:
+        try:
+            plan = plan_directory(cfg, output_dir, identity)
+            outcome = {"run_dir": str(plan.run_dir), "header": plan.header, "finished": plan.finished,
+                       "checkpoint_path": str(plan.checkpoint_path) if plan.checkpoint_path is not None else None}
+        except RunDirectoryError as err:
+            outcome = {"refused": str(err)}
+        except CurvzoError as err:
+            outcome = {"error": str(err)}
+    outcome = distributed.broadcast(outcome)
+    if "refused" in outcome:
+        raise RunDirectoryError(outcome["refused"])
+    if "error" in outcome:
+        raise ConfigError(outcome["error"])
+    checkpoint = outcome["checkpoint_path"]
+    return DirectoryPlan(Path(outcome["run_dir"]), Path(checkpoint) if checkpoint else None, outcome["header"],
+                         outcome["finished"])
 
 
 def setup(cfg: DictConfig, plan: DirectoryPlan) -> JobParts:
@@ -323,6 +372,8 @@ def initial_summary(cfg: DictConfig, output_dir: Path, parts: JobParts) -> dict[
         "data": {"source": splits.source, "train": len(splits.train), "dev": len(splits.dev), "test": len(splits.test)},
         "model_source": parts.loaded.source,
         "trainable_params": sum(p.numel() for p in parts.model.parameters() if p.requires_grad),
+        "distributed": {"world_size": distributed.world().size,
+                        "mode": distributed.world().mode if distributed.world().active else None},
     }
 
 

@@ -12,6 +12,11 @@ kind of task is a new class here, not a branch in the loop.
 
 Every ``evaluate`` returns ``{"loss", <metrics>..., "n"}`` where ``loss`` is the training
 objective on the examples (MeZO selects checkpoints on it) and ``metric`` names the primary one.
+Evaluation chunks are dealt over the ranks of a distributed job and their partial sums combined
+in chunk order, so every metric is the one a single process computes, bit for bit.
+
+``example_losses`` splits the training loss into per-example terms (numerator, weight) whose
+ratio of sums is the loss: what micro-batches and data-parallel ranks compute and gather.
 """
 
 from __future__ import annotations
@@ -20,8 +25,10 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from curvzo import distributed
 from curvzo.example import Example
 from curvzo.generation import greedy_decode
 from curvzo.metrics import exact_match, f1_score
@@ -34,6 +41,7 @@ from curvzo.scoring import (
     gold_only,
     option_token_logprobs,
     predictions,
+    scores_from_token_logprobs,
 )
 
 
@@ -80,13 +88,32 @@ def _progress(items, what: str):
 
 def _gold_token_nll(model, tokenizer, examples, batch_size, max_length, device) -> float:
     """Mean negative log-likelihood over every gold-option token of ``examples``."""
+    def part(item) -> tuple[float, int]:
+        logprobs = option_token_logprobs(model, item[1].to(device))
+        return float(logprobs.sum()), logprobs.numel()
+
     total, tokens = 0.0, 0
-    for _, encoded in _progress(encoded_chunks(examples, tokenizer, batch_size, max_length, _encode_gold), "eval loss"):
-        batch = encoded.to(device)
-        logprobs = option_token_logprobs(model, batch)
-        total -= float(logprobs.sum())
-        tokens += logprobs.numel()
+    for logprob_sum, count in _dealt(part, encoded_chunks(examples, tokenizer, batch_size, max_length, _encode_gold),
+                                     "eval loss"):
+        total -= logprob_sum
+        tokens += count
     return total / max(tokens, 1)
+
+
+def _dealt(fn, chunks, what: str) -> list:
+    """``fn`` on each evaluation chunk (dealt over the ranks of a distributed job), results in chunk order."""
+    return distributed.map_dealt(fn, _progress(chunks, what) if not distributed.world().active else chunks)
+
+
+def token_nll_per_example(model, batch: ScoringBatch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per example of a gold-only batch: the summed negative log-likelihood of its option tokens and their count."""
+    logprobs = option_token_logprobs(model, batch)
+    examples = batch.token_cand // batch.max_options
+    num = batch.labels.numel()
+    sums = torch.zeros(num, dtype=torch.float32, device=logprobs.device).index_add_(0, examples, -logprobs)
+    counts = torch.zeros(num, dtype=torch.float32, device=logprobs.device).index_add_(
+        0, examples, torch.ones_like(logprobs))
+    return sums, counts
 
 
 class CandidateClassification:
@@ -101,15 +128,25 @@ class CandidateClassification:
     def loss(self, model, batch: ScoringBatch) -> torch.Tensor:
         return classification_loss(candidate_scores(model, batch), batch.labels)
 
+    def example_losses(self, model, batch: ScoringBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per example: its cross-entropy and weight 1 (the loss is their mean)."""
+        scores = scores_from_token_logprobs(option_token_logprobs(model, batch), batch)
+        losses = F.cross_entropy(scores, batch.labels, reduction="none")
+        return losses, torch.ones_like(losses)
+
     @torch.inference_mode()
     def evaluate(self, model, tokenizer, examples: Sequence[Example], batch_size: int, max_length: int,
                  device) -> dict:
-        total_loss, correct = 0.0, 0
-        for chunk, encoded in _progress(encoded_chunks(examples, tokenizer, batch_size, max_length), "eval"):
+        def part(item) -> tuple[float, int]:
+            chunk, encoded = item
             batch = encoded.to(device)
             scores = candidate_scores(model, batch)
-            total_loss += float(classification_loss(scores, batch.labels)) * len(chunk)
-            correct += _hits(predictions(scores).tolist(), chunk)
+            return float(classification_loss(scores, batch.labels)) * len(chunk), _hits(predictions(scores).tolist(), chunk)
+
+        total_loss, correct = 0.0, 0
+        for chunk_loss, hits in _dealt(part, encoded_chunks(examples, tokenizer, batch_size, max_length), "eval"):
+            total_loss += chunk_loss
+            correct += hits
         n = max(len(examples), 1)
         return {"loss": total_loss / n, "acc": correct / n, "n": len(examples)}
 
@@ -131,13 +168,18 @@ class GoldOptionLM(CandidateClassification):
     def loss(self, model, batch: ScoringBatch) -> torch.Tensor:
         return gold_lm_loss(model, batch)
 
+    def example_losses(self, model, batch: ScoringBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per example: the summed token NLL of its gold option and its token count (the loss is a token mean)."""
+        return token_nll_per_example(model, batch)
+
     @torch.inference_mode()
     def evaluate(self, model, tokenizer, examples: Sequence[Example], batch_size: int, max_length: int,
                  device) -> dict:
-        correct = 0
-        for chunk, encoded in _progress(encoded_chunks(examples, tokenizer, batch_size, max_length), "eval"):
-            batch = encoded.to(device)
-            correct += _hits(predictions(candidate_scores(model, batch)).tolist(), chunk)
+        def part(item) -> int:
+            chunk, encoded = item
+            return _hits(predictions(candidate_scores(model, encoded.to(device))).tolist(), chunk)
+
+        correct = sum(_dealt(part, encoded_chunks(examples, tokenizer, batch_size, max_length), "eval"))
         n = max(len(examples), 1)
         loss = _gold_token_nll(model, tokenizer, examples, batch_size, max_length, device) if examples else float("nan")
         return {"loss": loss, "acc": correct / n, "n": len(examples)}
@@ -164,15 +206,22 @@ class AnswerGeneration:
     def loss(self, model, batch: ScoringBatch) -> torch.Tensor:
         return gold_lm_loss(model, batch)
 
+    def example_losses(self, model, batch: ScoringBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per example: the summed token NLL of its gold answer and its token count (the loss is a token mean)."""
+        return token_nll_per_example(model, batch)
+
     def generate(self, model, tokenizer, examples: Sequence[Example], batch_size: int, max_length: int,
                  device) -> list[str]:
         """Greedy answers, in the order of ``examples``."""
         order = sorted(range(len(examples)), key=lambda i: len(examples[i].prompt))
+        batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+
+        def part(rows: list[int]) -> list[str]:
+            return greedy_decode(model, tokenizer, [examples[i].prompt for i in rows], max_length,
+                                 self.max_new_tokens, device)
+
         answers: list[str] = [""] * len(examples)
-        for start in _progress(range(0, len(order), batch_size), "generate"):
-            rows = order[start:start + batch_size]
-            texts = greedy_decode(model, tokenizer, [examples[i].prompt for i in rows], max_length,
-                                  self.max_new_tokens, device)
+        for rows, texts in zip(batches, _dealt(part, batches, "generate")):
             for i, text in zip(rows, texts):
                 answers[i] = text
         return answers

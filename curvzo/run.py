@@ -4,6 +4,8 @@
     curvzo-run model=tiny-opt task=sst2 budget=smoke paths.data_dir=../shared/data
     curvzo-run -m optimizer.lr=1e-6,1e-7 seed=0,1         # a sweep, one job after another
     curvzo-run --cfg job                                  # print the composed config
+    torchrun --standalone --nproc_per_node=2 -m curvzo.run model=tiny-opt task=sst2 budget=smoke \
+        paths.data_dir=../shared/data                     # one job over two processes (README: Many GPUs)
 
 Outputs go to Hydra's run directory (``hydra.run.dir``): config.yaml, metrics.jsonl,
 trajectory.jsonl (ZO methods), summary.json, status.json and, when checkpointing,
@@ -13,14 +15,16 @@ job of a sweep leaves status.json with its error, and the other jobs go on.
 Exit codes: 0 finished; 2 bad input (one line on stderr); 3 stopped after ``max_nonfinite_streak``
 non-finite losses in a row (diverged); 75 stopped by a signal after a checkpoint (run the same
 command again to continue); 130 stopped at once (Ctrl-C while loading, or a second signal);
-1 anything else.
+1 anything else. Under torchrun every rank exits with the job's code; rank 0 alone writes files.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import hydra
@@ -28,7 +32,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from curvzo import distributed
 from curvzo.command_line import command_line_problem
+from curvzo.config_schema import LAUNCH_TIME_VARIABLE
 from curvzo.errors import CurvzoError, RunDirectoryError
 from curvzo.preemption import HARD_STOP_EXIT_CODE, Preempted, hand_over
 from curvzo.sweep_summary import print_sweep_reports
@@ -48,10 +54,17 @@ def main() -> None:
     if problem:
         print(f"error: {problem}", file=sys.stderr)
         sys.exit(2)
+    world = distributed.start()  # under torchrun: join the group before Hydra names the run directory
+    if world.active:
+        os.environ[LAUNCH_TIME_VARIABLE] = distributed.broadcast(datetime.now().isoformat())  # one directory
+        if not world.is_main:  # Hydra's own files and run.log come from rank 0
+            sys.argv += ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
     try:
         hydra_app()
     finally:
-        print_sweep_reports()  # a -m sweep's closing summary, also when a job failed
+        if world.is_main:
+            print_sweep_reports()  # a -m sweep's closing summary, also when a job failed
+        distributed.stop()
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PACKAGE, config_name="config")
@@ -61,6 +74,7 @@ def hydra_app(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     output_dir = Path(hydra_cfg.runtime.output_dir)
     single = hydra_cfg.mode == RunMode.RUN
+    main = distributed.start().is_main  # (a SLURM task starts here); the other ranks report through rank 0
     try:
         # heavy imports after Hydra has parsed the command line
         from curvzo.job import run_job
@@ -72,29 +86,37 @@ def hydra_app(cfg: DictConfig) -> float | None:
         raise
     except KeyboardInterrupt:
         # Ctrl-C before training started, or a second signal during it: no step boundary was waited for
-        print("error: interrupted at once; run the same command again to continue from the last checkpoint, if one "
-              "was written", file=sys.stderr)
-        record_failure(output_dir, None, remove_if_empty=single)
+        if main:
+            print("error: interrupted at once; run the same command again to continue from the last checkpoint, if "
+                  "one was written", file=sys.stderr)
+            record_failure(output_dir, None, remove_if_empty=single)
         sys.exit(HARD_STOP_EXIT_CODE)
     except RunDirectoryError as err:  # the directory belongs to another run: leave it as it is
-        print(f"error: {err}", file=sys.stderr)
-        record_failure(output_dir, err, remove_if_empty=single, keep_existing_status=True)
+        if main:
+            print(f"error: {err}", file=sys.stderr)
+            record_failure(output_dir, err, remove_if_empty=single, keep_existing_status=True)
         if single:
             sys.exit(2)
         raise
-    except CurvzoError as err:
-        print(f"error: {err}", file=sys.stderr)
-        record_failure(output_dir, err, remove_if_empty=single)
+    except CurvzoError as err:  # checked alike on every rank: rank 0 says it once
+        if main:
+            print(f"error: {err}", file=sys.stderr)
+            record_failure(output_dir, err, remove_if_empty=single)
         if single:
             sys.exit(2)
         raise  # in a sweep the other jobs go on; Hydra reports the failure at the end
     except Exception as err:
-        record_failure(output_dir, err, remove_if_empty=False)
+        if main:
+            record_failure(output_dir, err, remove_if_empty=False)
+        elif not isinstance(err, distributed.RankFailure):  # rank 0 records it; say it here too, naming the rank
+            print(f"error: rank {distributed.world().rank}: {type(err).__name__}: {err}", file=sys.stderr)
         raise
-    _report(summary)
+    if main:
+        _report(summary)
     if single and summary.get("status") == "stopped_nonfinite":
-        print(f"error: the loss was not finite {cfg.max_nonfinite_streak} steps in a row: stopped "
-              f"(status stopped_nonfinite); lower optimizer.lr or optimizer.eps", file=sys.stderr)
+        if main:
+            print(f"error: the loss was not finite {cfg.max_nonfinite_streak} steps in a row: stopped "
+                  f"(status stopped_nonfinite); lower optimizer.lr or optimizer.eps", file=sys.stderr)
         sys.exit(DIVERGED_EXIT_CODE)
     return sweep_objective(summary)
 
@@ -126,7 +148,9 @@ def record_failure(run_dir: Path, err: BaseException | None, *, remove_if_empty:
                                    "error": "stopped at once (Ctrl-C before training, or a second signal)"})
         return
     message = str(err).splitlines()[0] if str(err) else type(err).__name__
-    write_status(run_dir, {"status": "failed", "error": f"{type(err).__name__}: {message}"})
+    world = distributed.world()
+    where = f"rank {world.rank}: " if world.active and not isinstance(err, distributed.RankFailure) else ""
+    write_status(run_dir, {"status": "failed", "error": f"{where}{type(err).__name__}: {message}"})
 
 
 def _report(summary: dict) -> None:

@@ -20,8 +20,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from curvzo import distributed
 from curvzo.example import Example
 from curvzo.loggers import MetricLogger
+from curvzo.minibatch import MinibatchLoss
 from curvzo.objectives import CandidateClassification
 from curvzo.optim.base import ZerothOrderOptimizer
 from curvzo.optim.streams import Stream, stream_seed
@@ -44,6 +46,7 @@ class LoopSettings:
     log_every: int = 1
     max_forward_passes: int | None = None  # never exceed this many in training (equal-cost comparisons)
     eval_every_forward_passes: int | None = None  # evaluate on a forward-pass cadence instead of steps
+    micro_batch_size: int | None = None  # examples per forward chunk of a minibatch (per rank); None: the whole batch
 
 
 @dataclass
@@ -105,6 +108,8 @@ class TrainingLoop:
         self.checkpoint_every, self.save_checkpoint, self.stop = checkpoint_every, save_checkpoint, stop
         self.resume_state = resume_state
         self.result = LoopResult(**resume_state["result"]) if resume_state else LoopResult()
+        self.minibatch_loss = MinibatchLoss(model, tokenizer, self.objective, settings.max_length, device,
+                                            settings.micro_batch_size)
         self._start = time.perf_counter() - (resume_state["elapsed_s"] if resume_state else 0.0)
         self._extra_batches_drawn = 0
 
@@ -139,15 +144,6 @@ class TrainingLoop:
         return {"zo/forward_passes": self.result.forward_passes, "time/elapsed_s": time.perf_counter() - self._start}
 
     # training --------------------------------------------------------------------------------
-    def _loss_closure(self, batch):
-        def closure() -> torch.Tensor:
-            with torch.inference_mode():
-                return self.objective.loss(self.model, batch)
-        return closure
-
-    def _batch(self, examples):
-        return self.objective.training_batch(examples, self.tokenizer, self.settings.max_length).to(self.device)
-
     def _extra_closures(self, skip: int = 0) -> Iterator:
         """Closures over minibatches from a second data order, encoded only when drawn (DiZO's probes);
         the first ``skip`` batches (drawn before a checkpoint) are passed over without encoding."""
@@ -157,7 +153,7 @@ class TrainingLoop:
             if drawn < skip:
                 continue
             self._extra_batches_drawn = drawn + 1
-            yield self._loss_closure(self._batch(examples))
+            yield self.minibatch_loss.closure(examples)
 
     def state(self, step: int, streak: int) -> dict:
         """The loop's part of a checkpoint after ``step``: JSON only (weights are the caller's)."""
@@ -171,16 +167,17 @@ class TrainingLoop:
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
         }
 
-    def _zo_step(self, batch) -> float:
+    def _zo_step(self, examples) -> float:
         self.model.eval()  # ZO probes run without dropout (MeZO zo_forward)
-        loss = self.optimizer.step(self._loss_closure(batch))
+        loss = self.optimizer.step(self.minibatch_loss.closure(examples))
         self.result.forward_passes = self.optimizer.forward_passes
         self.result.skipped_steps = self.optimizer.skipped_steps
         return loss
 
-    def _first_order_step(self, batch) -> float:
+    def _first_order_step(self, examples) -> float:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
+        batch = self.objective.training_batch(examples, self.tokenizer, self.settings.max_length).to(self.device)
         loss = self.objective.loss(self.model, batch)
         self.result.forward_passes += 1
         if not torch.isfinite(loss):
@@ -210,7 +207,8 @@ class TrainingLoop:
         for _ in range(first - 1):  # the data order is a pure function of the seed: skip what was trained on
             next(batches)
         streak = resume.get("streak", 0)
-        bar = tqdm(total=s.max_steps, initial=first - 1, desc="train", unit="step", dynamic_ncols=True)
+        bar = tqdm(total=s.max_steps, initial=first - 1, desc="train", unit="step", dynamic_ncols=True,
+                   disable=not distributed.world().is_main)
         try:
             for step in range(first, s.max_steps + 1):
                 if self._out_of_passes():  # the budget is checked before a step, never after
@@ -218,8 +216,7 @@ class TrainingLoop:
                 t0 = time.perf_counter()
                 passes_before = self.result.forward_passes
                 examples = next(batches)
-                batch = self._batch(examples)
-                loss = self._zo_step(batch) if self.zeroth_order else self._first_order_step(batch)
+                loss = self._zo_step(examples) if self.zeroth_order else self._first_order_step(examples)
                 lr = float(self.optimizer.param_groups[0]["lr"])
                 if self.scheduler is not None:
                     self.scheduler.step()
@@ -247,7 +244,8 @@ class TrainingLoop:
 
     def _maybe_checkpoint(self, step: int, streak: int, last: bool) -> None:
         """Checkpoint on the cadence, at the last step, and on a stop signal (then raise Preempted)."""
-        signum = self.stop.requested if self.stop is not None else None
+        # every rank stops at the same step boundary, whichever rank the signal reached
+        signum = distributed.agreed_stop(self.stop.requested if self.stop is not None else None)
         due = self.checkpoint_every is not None and (step % self.checkpoint_every == 0 or last)
         if self.save_checkpoint is not None and (due or signum is not None):
             self.save_checkpoint(step, self.state(step, streak))

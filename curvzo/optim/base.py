@@ -32,9 +32,15 @@ from typing import Any, ClassVar
 
 import torch
 
+from curvzo import distributed
 from curvzo.optim import rounding
 from curvzo.optim.blocks import Block, collect_blocks
-from curvzo.optim.checks import check_choice, check_nonnegative, check_positive, optimizer_state_bytes
+from curvzo.optim.checks import (
+    check_choice,
+    check_nonnegative,
+    check_positive,
+    optimizer_state_bytes,
+)
 from curvzo.optim.directions import (
     DISTRIBUTIONS,
     DirectionSampler,
@@ -218,10 +224,25 @@ class ZerothOrderOptimizer(torch.optim.Optimizer, ABC):
         runs on the drawing threads, so it may only read shared state."""
         return z
 
+    def evaluate_queries(self, closures: list[Closure], *, stop_at_nonfinite: bool = False) -> list[float]:
+        """The losses of independent forward passes of one step, in order. Under query parallelism
+        (``distributed.mode=query``) they are dealt round-robin over the ranks and gathered, so every
+        rank gets the list one process computes (and counts every pass). ``stop_at_nonfinite``: one
+        process stops at the first non-finite loss (the step is skipped anyway)."""
+        if not distributed.world().query_parallel:
+            losses: list[float] = []
+            for closure in closures:
+                losses.append(self.evaluate(closure))
+                if stop_at_nonfinite and not math.isfinite(losses[-1]):
+                    break
+            return losses
+        self.forward_passes += len(closures)
+        return distributed.map_dealt(lambda closure: float(closure()), closures)
+
     def two_point(self, ctx: StepContext) -> list[float]:
         """[L(θ + εd), L(θ − εd)] over ``ctx.blocks``: exact, or in place leaving θ − εd to the update."""
         if self.probe_mode == "exact":
-            return [self.exact_loss(ctx, +1.0), self.exact_loss(ctx, -1.0)]
+            return self.evaluate_queries([self.exact_query(ctx, +1.0), self.exact_query(ctx, -1.0)])
         self.shift(ctx, +1.0)
         loss_plus = self.evaluate(ctx.closure)
         self.shift(ctx, -2.0)
@@ -231,10 +252,16 @@ class ZerothOrderOptimizer(torch.optim.Optimizer, ABC):
 
     def exact_loss(self, ctx: StepContext, sign: float) -> float:
         """L(θ + sign·ε·d) with the perturbed weights materialised module by module; θ is not written."""
-        return self.evaluate(lambda: self.prober.loss(ctx.closure, ctx.blocks, self.perturbed_writer(ctx, sign)))
+        return self.evaluate(self.exact_query(ctx, sign))
 
-    def perturbed_writer(self, ctx: StepContext, sign: float) -> WriteFn:
-        """``write([(block, out), ...])``: out ← θ_b + sign·ε_b·d_b, computed in float32 and rounded once."""
+    def exact_query(self, ctx: StepContext, sign: float, seed: int | None = None) -> Closure:
+        """A closure for L(θ + sign·ε·d) under the exact probe (see :meth:`exact_loss`); d from ``seed``
+        (this step's s_t by default)."""
+        return lambda: self.prober.loss(ctx.closure, ctx.blocks, self.perturbed_writer(ctx, sign, seed))
+
+    def perturbed_writer(self, ctx: StepContext, sign: float, seed: int | None = None) -> WriteFn:
+        """``write([(block, out), ...])``: out ← θ_b + sign·ε_b·d_b, computed in float32 and rounded once
+        (d from ``seed``, this step's s_t by default)."""
         def write(pairs: list[tuple[Block, torch.Tensor]]) -> None:
             jobs = []
             for block, out in pairs:
@@ -250,7 +277,8 @@ class ZerothOrderOptimizer(torch.optim.Optimizer, ABC):
                     out[span].copy_(work.add_(d, alpha=alpha))  # rounded once to the weight dtype
                     give_buffer(work)
 
-                jobs.append(self.piece_job(ctx, block, piece, into=out if stored.dtype == torch.float32 else None))
+                jobs.append(self.piece_job(ctx, block, piece, into=out if stored.dtype == torch.float32 else None,
+                                           seed=seed))
             self.directions.run_jobs(jobs)
         return write
 

@@ -65,6 +65,8 @@ class HiZOO(ZerothOrderOptimizer):
 
     # the probe: ℓ0, then ℓ± along H^{-1/2} z with the old H ------------------------------------------------
     def probe(self, ctx: StepContext) -> list[float]:
+        if self.probe_mode == "exact":  # three independent passes (one per rank under query parallelism)
+            return self.evaluate_queries([ctx.closure, self.exact_query(ctx, +1.0), self.exact_query(ctx, -1.0)])
         loss_center = self.evaluate(ctx.closure)
         return [loss_center, *self.two_point(ctx)]
 

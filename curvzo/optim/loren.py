@@ -211,22 +211,28 @@ class LOREN(ZerothOrderOptimizer):
         """f_k = L(θ + εz_k) for k = 1..K; stops at the first non-finite loss (θ is restored)."""
         colsums: dict = {}
         ctx.plan = colsums  # the tied form's column sums, reused by the update
+        if self.probe_mode == "exact":  # K independent passes (dealt over the ranks under query parallelism)
+            closures = []
+            for k in range(self.num_queries):
+                seed = query_seed(ctx.seed, k)
+                queries = {b.index: self._query(b, seed, self.state[b.param]["cov_factor"], colsums, k)
+                           for b in self._blocks}
+
+                def write(pairs: list, seed=seed, queries=queries) -> None:
+                    for block, out in pairs:
+                        self._write_perturbed(block, seed, queries[block.index], out)
+                closures.append(lambda write=write: self.prober.loss(ctx.closure, self._blocks, write))
+            return self.evaluate_queries(closures, stop_at_nonfinite=True)
         losses: list[float] = []
         for k in range(self.num_queries):
             seed = query_seed(ctx.seed, k)
             queries = {b.index: self._query(b, seed, self.state[b.param]["cov_factor"], colsums, k)
                        for b in self._blocks}
-            if self.probe_mode == "exact":
-                def write(pairs: list, seed=seed, queries=queries) -> None:
-                    for block, out in pairs:
-                        self._write_perturbed(block, seed, queries[block.index], out)
-                losses.append(self.evaluate(lambda: self.prober.loss(ctx.closure, self._blocks, write)))
-            else:
-                for block in self._blocks:
-                    self._shift(block, seed, queries[block.index], +block.group["eps"])
-                losses.append(self.evaluate(ctx.closure))
-                for block in self._blocks:
-                    self._shift(block, seed, queries[block.index], -block.group["eps"])
+            for block in self._blocks:
+                self._shift(block, seed, queries[block.index], +block.group["eps"])
+            losses.append(self.evaluate(ctx.closure))
+            for block in self._blocks:
+                self._shift(block, seed, queries[block.index], -block.group["eps"])
             if not math.isfinite(losses[-1]):
                 break
         return losses
