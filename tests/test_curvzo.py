@@ -294,6 +294,8 @@ def test_fused_restore_and_update_matches_the_unfused_order_up_to_rounding():
 
 @pytest.mark.parametrize("switches", [
     {"score": "normalized_abs"},
+    {"score": "regression"},  # ours: the gradient energy the feedback carries (issue 20)
+    {"score": "regression", "ht_correction": False},  # the biased sparse step, sampled where the gradient is
     {"score_normalize_numel": True},
     {"budget_unit": "numel"},
     {"design": "fixed_size"},

@@ -76,3 +76,22 @@ def test_the_report_and_its_command_line():
     assert "| mezo (pi = 1) | 1.000 |" in text
     with pytest.raises(SystemExit):
         main(["--out", "x", "--draws", "1"])
+
+
+def test_the_regression_score_recovers_each_blocks_gradient_energy():
+    """score=regression on a linear loss with known g_b, π held at 0.5: S_b → G_b (Poisson design)."""
+    energies = [4.0, 1.0, 0.25, 0.0]
+    gradients = [torch.full((4,), (e / 4) ** 0.5, dtype=F64) for e in energies]
+    params = [torch.nn.Parameter(torch.zeros(4, dtype=F64)) for _ in gradients]
+    opt = GivenProbabilities(params, torch.full((4,), 0.5, dtype=F64), lr=1e-12, eps=1e-3, seed=0,
+                             score="regression", score_beta=0.002)
+    loss = lambda: sum(torch.dot(g, p) for g, p in zip(gradients, params))  # noqa: E731
+    history = []
+    for step in range(6000):
+        opt.step(loss)
+        if step >= 2000:
+            history.append(opt.scores.clone())
+    estimate = torch.stack(history).double().mean(0)
+    assert torch.allclose(estimate, torch.tensor(energies, dtype=F64), atol=0.08 * sum(energies)), estimate
+    assert estimate[0] > estimate[1] > estimate[2]
+    assert opt.state_bytes() == 3 * 4 * 4  # S and the two Δ² means: float32, one each per block

@@ -40,7 +40,7 @@ class Draw:
 _CHOICES = {
     "sampling": ("curvature", "uniform"),
     "design": ("poisson", "fixed_size"),
-    "score": ("delta_sq", "normalized_abs"),
+    "score": ("delta_sq", "normalized_abs", "regression"),
     "update_unselected": ("hold", "decay"),
     "budget_mode": ("adaptive", "fixed"),
     "entropy_term": ("one_minus_h", "h"),
@@ -126,6 +126,10 @@ class CurvZO(ZerothOrderOptimizer):
         self.scores = torch.full((len(self.blocks),), float(score_init), dtype=torch.float32)
         self.numel = torch.tensor([b.param.numel() for b in self.blocks], dtype=torch.float64)
         self.delta_ema = 1e-8  # G, only for score=normalized_abs (port's initial value)
+        # score=regression (ours, not the paper's): EMAs of Δ² over the steps that selected each block and over
+        # those that did not; under Poisson sampling their difference estimates G_b = ‖∇_b L‖² (spec §11.10)
+        self.delta_sq_selected = torch.full((len(self.blocks),), float(score_init), dtype=torch.float32)
+        self.delta_sq_unselected = torch.zeros(len(self.blocks), dtype=torch.float32)
         self._sampler = torch.Generator(device="cpu")
 
     # probabilities and draws ---------------------------------------------------------------------
@@ -190,7 +194,11 @@ class CurvZO(ZerothOrderOptimizer):
                                             beta=self.budget_beta, entropy_term=self.entropy_term)
 
     def _update_scores(self, chosen: list[int], energy: torch.Tensor, pi: torch.Tensor, delta: float) -> None:
-        """EMA of the per-block curvature score from this step's scalar feedback (Eq. 7 or the port's)."""
+        """EMA of the per-block curvature score from this step's scalar feedback (Eq. 7 or the port's), or
+        the regression estimate of each block's gradient energy."""
+        if self.score == "regression":
+            self._update_regression(chosen, delta)
+            return
         if self.score == "delta_sq":
             sample = delta * delta * energy / energy.sum()
         else:
@@ -204,6 +212,16 @@ class CurvZO(ZerothOrderOptimizer):
         else:
             self.scores[chosen] *= 1 - self.score_beta
         self.scores[chosen] += (self.score_beta * sample).float()
+
+    def _update_regression(self, chosen: list[int], delta: float) -> None:
+        """E[Δ² | b selected] − E[Δ² | b not selected] = G_b under Poisson draws (each other block enters both
+        conditional means alike): an EMA of Δ² on each side of the selection mask, S_b their floored difference."""
+        selected = torch.zeros(len(self.blocks), dtype=torch.bool)
+        selected[chosen] = True
+        sample = torch.tensor(delta * delta, dtype=torch.float32)
+        for ema, mask in ((self.delta_sq_selected, selected), (self.delta_sq_unselected, ~selected)):
+            ema[mask] = ema[mask] * (1 - self.score_beta) + self.score_beta * sample
+        self.scores = (self.delta_sq_selected - self.delta_sq_unselected).clamp(min=self.score_floor)
 
     def _diagnostics(self, draw: Draw) -> dict[str, float]:
         pi, chosen = draw.pi, draw.chosen
@@ -223,8 +241,11 @@ class CurvZO(ZerothOrderOptimizer):
         }
 
     def state_bytes(self) -> int:
-        """The per-block scores S (float32): CurvZO's only state beyond the step counter."""
-        return super().state_bytes() + self.scores.numel() * self.scores.element_size()
+        """The per-block scores S (float32), and the two Δ² EMAs of score=regression: O(blocks) state."""
+        extra = self.scores.numel() * self.scores.element_size()
+        if self.score == "regression":
+            extra *= 3
+        return super().state_bytes() + extra
 
     def describe(self) -> dict[str, Any]:
         """State size and the steps whose draw selected no block (no forward pass, no update)."""
@@ -233,7 +254,9 @@ class CurvZO(ZerothOrderOptimizer):
     # checkpointing ----------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         state = super().state_dict()
-        state["curvzo"] = {"scores": self.scores.clone(), "fraction": self.fraction, "delta_ema": self.delta_ema}
+        state["curvzo"] = {"scores": self.scores.clone(), "fraction": self.fraction, "delta_ema": self.delta_ema,
+                           "delta_sq_selected": self.delta_sq_selected.clone(),
+                           "delta_sq_unselected": self.delta_sq_unselected.clone()}
         return state
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -244,3 +267,6 @@ class CurvZO(ZerothOrderOptimizer):
             self.scores = extra["scores"].to(torch.float32).clone()
             self.fraction = float(extra["fraction"])
             self.delta_ema = float(extra["delta_ema"])
+            if "delta_sq_selected" in extra:  # checkpoints before score=regression existed lack them
+                self.delta_sq_selected = extra["delta_sq_selected"].to(torch.float32).clone()
+                self.delta_sq_unselected = extra["delta_sq_unselected"].to(torch.float32).clone()
