@@ -16,6 +16,9 @@ What the training loop relies on, and nothing else (no attribute probing):
 - ``bind_model(model)``: which modules own which tensors (the exact probe's hooks).
 - ``uses_extra_batches`` and ``set_extra_batches(closures)``: closures over fresh minibatches.
 - ``describe()``, ``state_dict()``, ``load_state_dict()``, ``direction_workers``.
+- ``probe_mode`` (``exact`` or ``inplace``): query parallelism needs exact probes.
+- ``evaluate_queries(closures)``: a step's independent forward passes, dealt over the ranks under
+  ``distributed.mode=query`` (:mod:`curvzo.distributed`).
 
 A method fills in the hooks of :meth:`step`: ``plan`` (which blocks, or an empty step),
 ``probe`` (the losses; :meth:`two_point` by default), ``update`` (:meth:`update_pass` with a
