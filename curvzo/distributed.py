@@ -147,13 +147,6 @@ def stop() -> None:
     _WORLD = World(mode=_WORLD.mode)
 
 
-def local_device() -> torch.device | None:
-    """The CUDA device of this rank under torchrun (LOCAL_RANK), or None."""
-    if launched_by_torchrun() and torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return None
-
-
 # exchanges ------------------------------------------------------------------------------------------
 def _attempt(fn: Callable[[], T]) -> tuple[bool, Any]:
     try:
@@ -257,11 +250,6 @@ def _broadcast_json(value: Any) -> Any:
         data = torch.empty(int(size.item()), dtype=torch.uint8, device=size.device)
     dist.broadcast(data, src=0)
     return _decode(data)
-
-
-def barrier() -> None:
-    if _WORLD.active:
-        _collective("a barrier", dist.barrier)
 
 
 def _collective_device() -> torch.device:

@@ -61,6 +61,7 @@ from curvzo.wandb_run import new_run_id, wandb_run
 log = logging.getLogger(__name__)
 
 LR_SCHEDULES = ("constant", "linear")
+STOP_REPEAT_WINDOW_S = 5.0  # a stop signal repeated this soon under torchrun is the launcher's forwarded copy
 
 
 def _int_at_least(cfg: DictConfig, key: str, minimum: int) -> int:
@@ -265,7 +266,8 @@ def run_job(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     if trajectory is not None and parts.checkpoint is not None:
         trajectory.writelines(json.dumps(record) + "\n" for record in parts.checkpoint.trajectory)
     status = "failed"
-    with StopRequest() as stop:
+    # under torchrun each stop signal arrives twice (to the group, then forwarded by the launcher): one request
+    with StopRequest(repeat_window_s=STOP_REPEAT_WINDOW_S if distributed.world().active else 0.0) as stop:
         loop = TrainingLoop(parts.model, parts.loaded.tokenizer, parts.loaded.device, parts.optimizer, parts.scheduler,
                             parts.splits, settings, logger, seed=cfg.seed, trajectory_file=trajectory,
                             objective=parts.task.objective, checkpoint_every=cfg.checkpoint.every,
@@ -283,8 +285,8 @@ def run_job(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
             if trajectory is not None:
                 trajectory.close()
             summary["wall_time_s"] = wall_time()
-            summary["final_weights_fingerprint"] = tensor_fingerprint(parts.params)  # compare runs across machines
             if main:
+                summary["final_weights_fingerprint"] = tensor_fingerprint(parts.params)  # compare runs across machines
                 finish(loop.result, summary, status, parts.optimizer, output_dir, logger, identity)
     return summary
 

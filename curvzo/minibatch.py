@@ -50,7 +50,8 @@ class MinibatchLoss:
         self.model, self.tokenizer, self.objective = model, tokenizer, objective
         self.max_length, self.device, self.micro_batch_size = max_length, device, micro_batch_size
 
-    def _encode(self, examples: Sequence[Example]):
+    def encode(self, examples: Sequence[Example]):
+        """One encoded training batch of ``examples`` on the job's device."""
         return self.objective.training_batch(examples, self.tokenizer, self.max_length).to(self.device)
 
     @property
@@ -61,7 +62,7 @@ class MinibatchLoss:
     def closure(self, examples: Sequence[Example]) -> Closure:
         """``closure()`` → the minibatch loss (a scalar tensor), evaluated under inference mode."""
         if self.whole:
-            batch = self._encode(examples)
+            batch = self.encode(examples)
 
             def whole() -> torch.Tensor:
                 with torch.inference_mode():
@@ -70,7 +71,7 @@ class MinibatchLoss:
         world = distributed.world()
         start, stop = distributed.shard_bounds(len(examples))[world.rank] if world.data_parallel else (0, len(examples))
         mine = examples[start:stop]
-        chunks = [self._encode(mine[a:b]) for a, b in chunk_bounds(len(mine), self.micro_batch_size)]
+        chunks = [self.encode(mine[a:b]) for a, b in chunk_bounds(len(mine), self.micro_batch_size)]
 
         def local_terms() -> tuple[list[float], list[float]]:
             numerators: list[float] = []

@@ -41,7 +41,6 @@ from curvzo.scoring import (
     gold_only,
     option_token_logprobs,
     predictions,
-    scores_from_token_logprobs,
 )
 
 
@@ -130,8 +129,7 @@ class CandidateClassification:
 
     def example_losses(self, model, batch: ScoringBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """Per example: its cross-entropy and weight 1 (the loss is their mean)."""
-        scores = scores_from_token_logprobs(option_token_logprobs(model, batch), batch)
-        losses = F.cross_entropy(scores, batch.labels, reduction="none")
+        losses = F.cross_entropy(candidate_scores(model, batch), batch.labels, reduction="none")
         return losses, torch.ones_like(losses)
 
     @torch.inference_mode()

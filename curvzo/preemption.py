@@ -10,6 +10,7 @@ and running the command again resumes from the checkpoint. A second signal does 
 from __future__ import annotations
 
 import signal
+import time
 from types import FrameType
 from typing import Any
 
@@ -38,16 +39,24 @@ def stop_status(signum: int) -> str:
 
 class StopRequest:
     """Context manager: while active, the first SIGTERM/SIGUSR1/SIGINT sets :attr:`requested` instead of
-    killing us; the next one raises :class:`KeyboardInterrupt` wherever the program is."""
+    killing us; the next one raises :class:`KeyboardInterrupt` wherever the program is.
 
-    def __init__(self) -> None:
+    ``repeat_window_s``: a signal within this many seconds of the first is the same request. Under torchrun
+    every stop comes twice (the scheduler's or the terminal's signal to the group, then the launcher's
+    forwarded copy), and the copy must not cut short the checkpoint the first one asked for."""
+
+    def __init__(self, repeat_window_s: float = 0.0) -> None:
         self.requested: int | None = None
         self.previous: dict[int, Any] = {}
+        self.repeat_window_s = repeat_window_s
+        self._first_at = 0.0
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.requested is not None:
+        if self.requested is None:
+            self.requested, self._first_at = signum, time.monotonic()
+            return
+        if time.monotonic() - self._first_at >= self.repeat_window_s:
             raise KeyboardInterrupt(f"{signal.Signals(signum).name} again: stopped at once")
-        self.requested = signum
 
     def __enter__(self) -> StopRequest:
         for sig in STOP_SIGNALS:

@@ -177,7 +177,7 @@ class TrainingLoop:
     def _first_order_step(self, examples) -> float:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        batch = self.objective.training_batch(examples, self.tokenizer, self.settings.max_length).to(self.device)
+        batch = self.minibatch_loss.encode(examples)
         loss = self.objective.loss(self.model, batch)
         self.result.forward_passes += 1
         if not torch.isfinite(loss):

@@ -109,6 +109,14 @@ def test_a_second_signal_stops_at_once_even_where_no_step_boundary_comes():
             time.sleep(1)  # the handler runs here at the latest
 
 
+def test_under_torchrun_the_launchers_forwarded_copy_of_a_signal_is_the_same_request():
+    with StopRequest(repeat_window_s=60.0) as stop:
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGTERM)  # torchrun forwards the signal the group already got
+        time.sleep(0.1)
+        assert stop.requested == signal.SIGTERM  # still waiting for the step boundary, no KeyboardInterrupt
+
+
 # 2. re-running into a directory appended to it -------------------------------------------------------------------------
 def test_a_finished_directory_is_left_alone_or_refused_never_appended_to(job_cfg, tmp_path):
     out = tmp_path / "run"

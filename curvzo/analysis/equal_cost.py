@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from curvzo.optim import CurvZO, MeZO
+from curvzo.optim.block_sampling import waterfill
 
 _F64 = torch.float64
 
@@ -181,8 +182,6 @@ def study(seeds: int = 5, draws: int = 4000) -> dict:
 
 
 def _scaled(weights: torch.Tensor, budget: float) -> torch.Tensor:
-    from curvzo.optim.block_sampling import waterfill
-
     return waterfill(weights.clamp(min=1e-12), budget)
 
 
