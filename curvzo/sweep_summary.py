@@ -16,9 +16,10 @@ from typing import Any, ClassVar
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+
 def sweep_report(sweep_dir: Path) -> list[str]:
     """One line of counts per status, one line per job that did not finish, and the directory."""
-    jobs = sorted((p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name)) \
+    jobs = sorted((p for p in sweep_dir.iterdir() if p.is_dir() and not p.name.startswith(".")), key=_job_order) \
         if sweep_dir.is_dir() else []
     statuses: dict[Path, dict] = {}
     for job in jobs:
@@ -35,6 +36,11 @@ def sweep_report(sweep_dir: Path) -> list[str]:
             lines.append(f"  job {job.name} {status.get('status')}{detail}")
     lines.append(f"outputs: {sweep_dir}")
     return lines
+
+
+def _job_order(job: Path) -> tuple[int, int, str]:
+    """Job numbers in numeric order (2 before 10); named job directories (a custom hydra.sweep.subdir) after, by name."""
+    return (0, int(job.name), "") if job.name.isdigit() else (1, 0, job.name)
 
 
 class SweepSummary(Callback):

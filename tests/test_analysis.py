@@ -55,6 +55,19 @@ def test_cli_writes_csv_and_refuses_an_empty_directory(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == f"error: no summary.json below {tmp_path / 'empty'}"
 
 
+def test_differences_from_a_baseline_carry_their_welch_standard_error(tmp_path, capsys):
+    for seed, (m, c) in enumerate(((0.60, 0.70), (0.70, 0.80), (0.80, 0.75))):
+        write_summary(tmp_path, f"m{seed}", optimizer="mezo", lr=1e-4, seed=seed, test_acc=m)
+        write_summary(tmp_path, f"c{seed}", optimizer="curvzo", lr=5e-5, seed=seed, test_acc=c)
+    out = tmp_path / "t.md"
+    assert main([str(tmp_path), "--baseline", "mezo", "--markdown", str(out)]) == 0
+    # means 70 and 75; sample variances 100 and 25 over 3 seeds: se = sqrt(100/3 + 25/3) = 6.45
+    assert "| sst2 | curvzo | +5.0 | 6.5 | +0.77 | no | no |" in out.read_text()
+    assert "| sst2 | mezo | 0.0001 | 3 | 50.0 | 70.0 ± 10.0 | 60.0 | 0.50 |" in out.read_text()
+    assert main([str(tmp_path), "--baseline", "hizoo"]) == 2
+    assert capsys.readouterr().err.strip() == f"error: --baseline hizoo: no run of that optimizer below {tmp_path}"
+
+
 def test_dev_curves_follow_forward_passes_and_draw(tmp_path, capsys):
     from curvzo.analysis.dev_curves import curve_table, load_curves
     from curvzo.analysis.dev_curves import main as curves_main

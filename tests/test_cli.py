@@ -109,8 +109,8 @@ def test_unknown_config_option_is_one_line(tmp_path, args):
     proc = curvzo_run(*args, f"hydra.run.dir={tmp_path / 'x'}")
     assert proc.returncode == 2
     assert proc.stderr == ("error: optimizer=no_such_optimizer: no such option (choose from curvzo, curvzo_fixed, "
-                           "curvzo_uniform, dizo, fo_adam, hizoo, loren, mezo, none, sparse_mezo, zo_adam, "
-                           "zo_sgd_momentum)\n")
+                           "curvzo_sparse, curvzo_uniform, curvzo_variance_optimal, dizo, fo_adam, hizoo, loren, mezo, "
+                           "none, sparse_mezo, zo_adam, zo_sgd_momentum)\n")
     assert not (tmp_path / "x").exists()
 
 
@@ -147,7 +147,8 @@ def test_malformed_data_line_names_file_and_line(tmp_path, shared_data_dir):
 @pytest.mark.integration
 def test_help_and_cfg_job():
     proc = curvzo_run("--help")
-    assert proc.returncode == 0 and ("optimizer: curvzo, curvzo_fixed, curvzo_uniform, dizo, fo_adam, hizoo, loren, mezo, "
+    assert proc.returncode == 0 and ("optimizer: curvzo, curvzo_fixed, curvzo_sparse, curvzo_uniform, "
+                                     "curvzo_variance_optimal, dizo, fo_adam, hizoo, loren, mezo, "
                                      "none, sparse_mezo, zo_adam, zo_sgd_momentum") in proc.stdout
     assert proc.stdout.startswith("curvzo-run is powered by Hydra")
     proc = curvzo_run("--cfg", "job", "model=tiny-opt")
@@ -179,6 +180,26 @@ def test_curvzo_presets_run_and_log_their_diagnostics(tmp_path, shared_data_dir,
     else:
         assert all(r["curvzo/pi_min"] < r["curvzo/pi_max"] for r in rows[1:])
     assert json.loads((out / "summary.json").read_text())["optimizer"] == preset
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("preset", ["curvzo_sparse", "curvzo_variance_optimal"])
+def test_the_new_curvzo_variants_run_and_log_what_tells_whether_sampling_helps(tmp_path, shared_data_dir, preset):
+    """Issue 20's variants (ours): they run from their preset names and log the HT factors, the size correlation
+    of S and (HT only) the predicted variance ratio to MeZO."""
+    out = tmp_path / "run"
+    proc = curvzo_run("model=tiny-opt", "task=sst2", f"optimizer={preset}", "budget=smoke", "budget.max_steps=8",
+                      f"paths.data_dir={shared_data_dir}", f"hydra.run.dir={out}", "logger=jsonl")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [r for r in read_jsonl(out / "metrics.jsonl") if "train/loss" in r]
+    assert rows and all(CURVZO_KEYS | {"curvzo/ht_factor_mean"} <= set(r) for r in rows)
+    assert any("curvzo/score_size_log_corr" in r for r in rows)  # absent while every S sits at the floor
+    if preset == "curvzo_sparse":  # no 1/pi: every factor applied is 1, and no HT moment is predicted
+        assert all(r["curvzo/ht_factor_max"] == 1.0 and "curvzo/predicted_variance_ratio_vs_mezo" not in r for r in rows)
+    else:  # pi within [floor, ceiling]; the ratio appears once the contrast has seen both sides of a block
+        assert all(0.05 <= r["curvzo/pi_min"] <= r["curvzo/pi_max"] <= 0.9 for r in rows)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["optimizer"] == preset and summary["status"] == "finished"
 
 
 # forward passes per step of every method at its defaults (optimizers.md §2); DiZO adds 2J every κ steps

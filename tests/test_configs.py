@@ -54,6 +54,26 @@ def test_group_options_exist():
     assert {"smoke", "quickstart", "mezo", "ft"} <= set(options("budget"))
 
 
+# each CurvZO preset is the full method with exactly these switches changed: the ablation arm (Table 4) or the
+# variant (ours, issue 20) it names, and nothing else
+CURVZO_PRESET_SWITCHES = {
+    "curvzo_uniform": {"sampling": "uniform"},
+    "curvzo_fixed": {"budget_mode": "fixed"},  # fixed_fraction 0.4 is also curvzo.yaml's value
+    "curvzo_sparse": {"score": "regression", "sampling_power": 1.0, "ht_correction": False},
+    "curvzo_variance_optimal": {"score": "regression", "sampling": "variance_optimal", "score_beta": 0.02,
+                                "budget_mode": "fixed"},
+}
+
+
+@pytest.mark.parametrize("preset", sorted(CURVZO_PRESET_SWITCHES))
+def test_each_curvzo_preset_is_the_full_method_with_only_its_switches(preset):
+    assert {o for o in options("optimizer") if o.startswith("curvzo_")} == set(CURVZO_PRESET_SWITCHES)
+    base = compose_cfg(["optimizer=curvzo", "model=tiny-opt"]).optimizer
+    arm = compose_cfg([f"optimizer={preset}", "model=tiny-opt"]).optimizer
+    assert set(arm) == set(base)
+    assert {k: arm[k] for k in arm if arm[k] != base[k]} == CURVZO_PRESET_SWITCHES[preset]
+
+
 @pytest.mark.parametrize("option", [o for o in options("optimizer") if o != "none"])
 def test_every_optimizer_instantiates_on_plain_parameters(option):
     cfg = compose_cfg([f"optimizer={option}", "optimizer.lr=1e-3"])

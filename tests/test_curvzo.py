@@ -7,8 +7,9 @@ import math
 import pytest
 import torch
 
-from curvzo.optim import CurvZO, MeZO, replay_from_losses
 from curvzo.errors import ConfigError
+from curvzo.optim import CurvZO, MeZO, replay_from_losses
+from curvzo.optim.block_sampling import predicted_moment
 
 SIZES = (3, 5, 2, 8)
 
@@ -236,7 +237,31 @@ def test_diagnostics_are_consistent():
     assert s["curvzo/pi_min"] <= s["curvzo/pi_max"] <= 1
     assert 1 <= s["curvzo/d_eff"] <= 4 and 0 <= s["curvzo/entropy"] <= 1
     assert s["zo/forward_passes"] == 2
-    assert opt.describe()["state_bytes"] == 4 * 4  # one float32 score per block, nothing per parameter
+    assert opt.describe()["state_bytes"] == 5 * 4 * 4  # S and the contrast's four sums per block, nothing per parameter
+
+
+@pytest.mark.parametrize("ht", [True, False])
+def test_diagnostics_report_ht_factors_size_correlation_and_predicted_variance(ht):
+    """Uniform π = 0.5 on blocks of 2..128 coordinates: the factors applied, Eq. 7's S following block size
+    (spec §11.10), and M(π)/M(MeZO) from the contrast estimate, which uniform sampling never brings below 1."""
+    params = make_blocks((2, 8, 32, 128))
+    opt = CurvZO(params, lr=1e-9, seed=0, sampling="uniform", budget_mode="fixed", fixed_fraction=0.5,
+                 ht_correction=ht)
+    loss = lambda: sum(((p.double() - 1.0) ** 2).sum() for p in params)
+    for _ in range(300):
+        opt.step(loss)
+    s = opt.last_stats
+    if s["curvzo/num_selected"]:
+        expected = 2.0 if ht else 1.0
+        assert s["curvzo/ht_factor_mean"] == s["curvzo/ht_factor_median"] == s["curvzo/ht_factor_max"] == expected
+    assert s["curvzo/score_size_log_corr"] > 0.9  # Eq. 7 shares Δ² by ‖z_b‖² ≈ d_b: S tracks size
+    energy = opt.contrast.energy().double()
+    half, ones = torch.full((4,), 0.5, dtype=torch.float64), torch.ones(4, dtype=torch.float64)
+    if ht:
+        ratio = predicted_moment(half, energy, opt.numel, energy) / predicted_moment(ones, energy, opt.numel, energy)
+        assert s["curvzo/predicted_variance_ratio_vs_mezo"] == pytest.approx(ratio, rel=1e-12) and ratio > 1
+    else:  # the biased step has no HT moment to predict
+        assert "curvzo/predicted_variance_ratio_vs_mezo" not in s
 
 
 def test_replay_from_losses_retraces_weights_scores_and_budget():
@@ -296,6 +321,7 @@ def test_fused_restore_and_update_matches_the_unfused_order_up_to_rounding():
     {"score": "normalized_abs"},
     {"score": "regression"},  # ours: the gradient energy the feedback carries (issue 20)
     {"score": "regression", "ht_correction": False},  # the biased sparse step, sampled where the gradient is
+    {"score": "regression", "sampling": "variance_optimal"},  # ours: π minimising the predicted M (issue 20)
     {"score_normalize_numel": True},
     {"budget_unit": "numel"},
     {"design": "fixed_size"},

@@ -1,6 +1,6 @@
 """CurvZO at equal cost: the closed forms of optimizers.md §11.10 against Monte Carlo, and the variance-optimal π.
 
-    python -m curvzo.analysis.equal_cost --out analysis/results/equal-cost   # ~1 min on one core
+    curvzo-equal-cost --out analysis/results/equal-cost   # ~20 min on one core: (a) and (b) ~1 min, (c) the rest
 
 On a block-diagonal quadratic with gradient g (blocks g_b, d_b coordinates, A_b the curvature of block b),
 every step costs two forward passes whatever the inclusion probabilities π are, so what decides progress
@@ -26,8 +26,12 @@ from pathlib import Path
 
 import torch
 
+from curvzo.analysis.equal_cost_convergence import (
+    convergence_markdown,
+    convergence_study,
+)
 from curvzo.optim import CurvZO, MeZO
-from curvzo.optim.block_sampling import waterfill
+from curvzo.optim.block_sampling import variance_optimal, waterfill
 
 _F64 = torch.float64
 
@@ -139,22 +143,9 @@ def monte_carlo(problem: BlockProblem, pi: torch.Tensor | None, draws: int, seed
                       float(weighted.std() / math.sqrt(draws)))
 
 
-def variance_optimal_pi(problem: BlockProblem, floor: float = 1e-3, iterations: int = 2000) -> torch.Tensor:
-    """The π in [floor, 1]^n that minimises M (no budget constraint: every π costs two passes per step),
-    by projected gradient descent on log π from π ≡ 1, in float64."""
-    G, T, H = problem.energy, problem.traces, problem.curvature_energy
-    log_pi = torch.zeros(len(problem.gradients), dtype=_F64, requires_grad=True)
-    opt = torch.optim.Adam([log_pi], lr=0.02)
-    for _ in range(iterations):
-        pi = log_pi.exp()
-        Q = (pi * G).sum()
-        objective = ((T * (Q + (1 - pi) * G) + 2 * H) / pi).sum()
-        opt.zero_grad()
-        objective.backward()
-        opt.step()
-        with torch.no_grad():
-            log_pi.clamp_(math.log(floor), 0.0)
-    return log_pi.detach().exp()
+def variance_optimal_pi(problem: BlockProblem, floor: float = 1e-3) -> torch.Tensor:
+    """The π in [floor, 1]^n that minimises M (no budget constraint: every π costs two passes per step)."""
+    return variance_optimal(problem.energy, problem.traces, problem.curvature_energy, floor=floor)
 
 
 def study(seeds: int = 5, draws: int = 4000) -> dict:
@@ -168,7 +159,10 @@ def study(seeds: int = 5, draws: int = 4000) -> dict:
             "mezo (pi = 1)": torch.ones(n, dtype=_F64),
             "uniform f = 0.4": torch.full((n,), 0.4, dtype=_F64),
             "pi ∝ sqrt(G_b / d_b), f = 0.4": _scaled(torch.sqrt(G / d), 0.4 * n),
+            "uniform f = 0.9": torch.full((n,), 0.9, dtype=_F64),
             "variance-optimal": variance_optimal_pi(problem),
+            "variance-optimal, ceiling 0.9": variance_optimal(G, problem.traces, problem.curvature_energy,
+                                                              floor=1e-3, ceiling=0.9),
         }
         for name, pi in candidates.items():
             measured = monte_carlo(problem, None if name.startswith("mezo") else pi, draws, seed=seed)
@@ -199,19 +193,25 @@ def to_markdown(result: dict, command: str) -> str:
         by_pi.setdefault(row["pi"], []).append(row["efficiency_vs_mezo"])
     lines += ["", "| π | mean efficiency vs MeZO over seeds |", "| --- | ---: |"]
     lines += [f"| {name} | {sum(v) / len(v):.3f} |" for name, v in by_pi.items()]
+    if "convergence" in result:
+        lines += ["", *convergence_markdown(result["convergence"])]
     return "\n".join(lines) + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m curvzo.analysis.equal_cost", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="curvzo-equal-cost", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="directory for equal_cost.json and equal_cost.md")
     parser.add_argument("--seeds", type=int, default=5, help="problem seeds (default 5)")
     parser.add_argument("--draws", type=int, default=4000, help="Monte Carlo steps per π (default 4000)")
+    parser.add_argument("--convergence-seeds", type=int, default=5,
+                        help="problem seeds of part (c), forward passes to converge (default 5; 0 skips it)")
     args = parser.parse_args(argv)
-    if args.seeds < 1 or args.draws < 2:
-        parser.error("--seeds must be >= 1 and --draws >= 2")
+    if args.seeds < 1 or args.draws < 2 or args.convergence_seeds < 0:
+        parser.error("--seeds must be >= 1, --draws >= 2 and --convergence-seeds >= 0")
     result = study(args.seeds, args.draws)
-    command = " ".join(["python -m curvzo.analysis.equal_cost", *(argv if argv is not None else sys.argv[1:])])
+    if args.convergence_seeds:
+        result["convergence"] = convergence_study(args.convergence_seeds)
+    command = " ".join(["curvzo-equal-cost", *(argv if argv is not None else sys.argv[1:])])
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "equal_cost.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     (args.out / "equal_cost.md").write_text(to_markdown(result, command), encoding="utf-8")

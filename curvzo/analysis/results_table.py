@@ -2,6 +2,7 @@
 
     curvzo-results-table multirun/            # print the table
     curvzo-results-table multirun/ --csv results.csv --runs-csv runs.csv
+    curvzo-results-table multirun/ --baseline mezo --markdown table.md   # + each arm minus MeZO, with its standard error
 
 One row per configuration (task, model, optimizer, peft, budget, lr, eps); scores are the
 task's metric (``metric``: acc, or f1 for SQuAD/DROP) in percent, as the papers report them. Only finished runs enter the aggregate; the others are
@@ -86,11 +87,55 @@ def _summarise(group: pd.DataFrame) -> pd.Series:
     })
 
 
+def differences(table: pd.DataFrame, runs: pd.DataFrame, baseline: str) -> pd.DataFrame:
+    """Each configuration's test mean minus that of ``baseline`` on the same task, model, PEFT mode and budget, with
+    the standard error of the difference (Welch: sqrt(s1²/n1 + s2²/n2) over the finished seeds) and |diff| / se."""
+    done = runs[runs["status"] == "finished"]
+    keys = ["task", "model", "peft", "budget"]
+    rows = []
+    for _, row in table.iterrows():
+        same = (done[keys] == row[keys]).all(axis=1)
+        arm = done[same & (done["optimizer"] == row["optimizer"]) & (done["lr"] == row["lr"])]["test"]
+        base = done[same & (done["optimizer"] == baseline)]["test"]
+        if row["optimizer"] == baseline or base.empty or arm.empty:
+            continue
+        se = (arm.var(ddof=1) / len(arm) + base.var(ddof=1) / len(base)) ** 0.5 if min(len(arm), len(base)) > 1 \
+            else float("nan")
+        diff = arm.mean() - base.mean()
+        rows.append({**{k: row[k] for k in keys}, "optimizer": row["optimizer"], "lr": row["lr"], "seeds": len(arm),
+                     "baseline_seeds": len(base), "diff": diff, "se": se,
+                     "diff_over_se": diff / se if se > 0 else float("nan")})
+    return pd.DataFrame(rows)
+
+
+def _markdown(table: pd.DataFrame, diffs: pd.DataFrame | None, baseline: str | None) -> str:
+    lines = ["| task | optimizer | lr | seeds | zero-shot test | test at best dev, mean ± std | best dev | s / step |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for _, r in table.iterrows():
+        std = "" if pd.isna(r["test_std"]) else f" ± {r['test_std']:.1f}"
+        lines.append(f"| {r['task']} | {r['optimizer']} | {r['lr']:g} | {r['seeds']} | {r['zero_shot']:.1f} | "
+                     f"{r['test']:.1f}{std} | {r['best_dev']:.1f} | {r['sec_per_step']:.2f} |")
+    if diffs is not None and not diffs.empty:
+        lines += ["", f"Difference from {baseline} (test at best dev, points; se: Welch over seeds):", "",
+                  "| task | optimizer | diff | se | diff / se | beyond 1 se | beyond 2 se |",
+                  "| --- | --- | ---: | ---: | ---: | --- | --- |"]
+        for _, r in diffs.iterrows():
+            z = r["diff_over_se"]
+            if pd.isna(z):  # one seed on either side: no standard error
+                lines.append(f"| {r['task']} | {r['optimizer']} | {r['diff']:+.1f} | — | — | n/a | n/a |")
+                continue
+            lines.append(f"| {r['task']} | {r['optimizer']} | {r['diff']:+.1f} | {r['se']:.1f} | {z:+.2f} | "
+                         f"{'yes' if abs(z) > 1 else 'no'} | {'yes' if abs(z) > 2 else 'no'} |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("root", help="directory searched recursively for summary.json (e.g. multirun/)")
     parser.add_argument("--csv", help="write the aggregated table here")
     parser.add_argument("--runs-csv", help="write the per-run table here")
+    parser.add_argument("--baseline", help="an optimizer: also report each other arm's test difference from it")
+    parser.add_argument("--markdown", help="write the table (and the differences) here as markdown")
     args = parser.parse_args(argv)
     if not Path(args.root).is_dir():
         print(f"error: {args.root}: no such directory", file=sys.stderr)
@@ -100,6 +145,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no summary.json below {args.root}", file=sys.stderr)
         return 2
     table = aggregate(runs)
+    if args.baseline and args.baseline not in set(runs["optimizer"]):
+        print(f"error: --baseline {args.baseline}: no run of that optimizer below {args.root}", file=sys.stderr)
+        return 2
+    diffs = differences(table, runs, args.baseline) if args.baseline else None
+    if args.markdown:
+        Path(args.markdown).write_text(_markdown(table, diffs, args.baseline), encoding="utf-8")
     if args.runs_csv:
         runs.to_csv(args.runs_csv, index=False)
     if args.csv:
@@ -107,6 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     hyper = {c: (lambda v: "-" if pd.isna(v) else f"{v:g}") for c in ("lr", "eps")}
     with pd.option_context("display.width", 200, "display.max_columns", None, "display.precision", 1):
         print(table.to_string(index=False, formatters=hyper, na_rep="-"))
+        if diffs is not None and not diffs.empty:
+            print(f"\ndifference from {args.baseline}:")
+            print(diffs.to_string(index=False, formatters=hyper, na_rep="-"))
     return 0
 
 

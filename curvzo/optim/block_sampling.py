@@ -72,6 +72,57 @@ def inclusion_probabilities(
     return torch.clamp(pi, max=1.0)
 
 
+def variance_optimal(
+    energy: torch.Tensor,
+    traces: torch.Tensor,
+    curvature_energy: torch.Tensor | None = None,
+    *,
+    floor: float = 1e-3,
+    ceiling: float = 1.0,
+    iterations: int = 200,
+    tolerance: float = 1e-7,
+) -> torch.Tensor:
+    """The pi in [floor, ceiling]^n minimising M = E[g'Ag] of the Horvitz–Thompson step (optimizers.md §11.10).
+
+    M(pi) = sum_b [T_b (Q + (1 - pi_b) G_b) + 2 H_b] / pi_b with Q = sum_j pi_j G_j, G_b = ``energy``,
+    T_b = ``traces`` (tr A_b) and H_b = ``curvature_energy`` (g_b' A_b g_b; None: 0). Every pi costs two
+    forward passes, so no budget binds: M is convex in log pi, and its stationarity condition
+    pi_k^2 = (T_k (Q + G_k) + 2 H_k) / (G_k sum_b T_b / pi_b) is iterated (damped, in log space) from
+    pi = ceiling (1: MeZO). The optimum lowers pi on the blocks whose share of gradient energy exceeds their
+    share of curvature and keeps the rest at the ceiling.
+    """
+    G = energy.to(_F64).clamp(min=0.0)
+    T = traces.to(_F64)
+    H = torch.zeros_like(G) if curvature_energy is None else curvature_energy.to(_F64)
+    if G.numel() == 0 or bool((T <= 0).any()) or not (bool(torch.isfinite(G).all()) and bool(torch.isfinite(T).all())):
+        raise ValueError("variance_optimal needs finite energies and strictly positive traces")
+    if not 0 < floor <= ceiling <= 1:
+        raise ValueError(f"variance_optimal needs 0 < floor <= ceiling <= 1, got {floor} and {ceiling}")
+    high, low = math.log(ceiling), math.log(floor)
+    log_pi = torch.full_like(G, high)
+    for _ in range(iterations):
+        pi = log_pi.exp()
+        Q = float((pi * G).sum())
+        D = float((T / pi).sum())
+        numerator = T * (Q + G) + 2 * H
+        # G_k = 0: M only falls as pi_k rises, so pi_k = ceiling
+        target = torch.where(G > 0, 0.5 * (torch.log(numerator) - torch.log(G * D)), torch.full_like(G, high))
+        step = 0.5 * (target.clamp(low, high) - log_pi)
+        log_pi = log_pi + step
+        if float(step.abs().max()) < tolerance:
+            break
+    return log_pi.exp()
+
+
+def predicted_moment(pi: torch.Tensor, energy: torch.Tensor, traces: torch.Tensor,
+                     curvature_energy: torch.Tensor | None = None) -> float:
+    """M(pi) = E[g'Ag] of the Horvitz–Thompson step with Poisson draws (optimizers.md §11.10); pi = 1 is MeZO."""
+    pi, G, T = pi.to(_F64), energy.to(_F64), traces.to(_F64)
+    H = torch.zeros_like(G) if curvature_energy is None else curvature_energy.to(_F64)
+    Q = float((pi * G).sum())
+    return float(((T * (Q + (1 - pi) * G) + 2 * H) / pi).sum())
+
+
 def poisson_sample(pi: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Independent Bernoulli(pi_b) draws. The mask may be empty: forcing a block in would bias it by
     1 + P(empty)/pi_b (optimizers.md §11.10), so the caller skips such a step instead."""

@@ -22,11 +22,21 @@ from curvzo.optim.block_sampling import (
     fixed_size_sample,
     inclusion_probabilities,
     poisson_sample,
+    predicted_moment,
     support_and_entropy,
+    variance_optimal,
 )
 from curvzo.optim.blocks import Block
-from curvzo.optim.checks import check_bool, check_choice, check_fraction, check_nonnegative, check_positive
+from curvzo.optim.checks import (
+    check_bool,
+    check_choice,
+    check_fraction,
+    check_nonnegative,
+    check_positive,
+)
+from curvzo.optim.energy_estimate import SelectionContrast
 from curvzo.optim.streams import Stream, stream_seed
+
 
 @dataclass(frozen=True)
 class Draw:
@@ -38,7 +48,7 @@ class Draw:
 
 
 _CHOICES = {
-    "sampling": ("curvature", "uniform"),
+    "sampling": ("curvature", "uniform", "variance_optimal"),
     "design": ("poisson", "fixed_size"),
     "score": ("delta_sq", "normalized_abs", "regression"),
     "update_unselected": ("hold", "decay"),
@@ -78,6 +88,8 @@ class CurvZO(ZerothOrderOptimizer):
         ht_correction: bool = True,
         explore: float = 0.1,
         pi_floor: float = 0.0,
+        variance_optimal_floor: float = 0.05,
+        variance_optimal_ceiling: float = 0.9,
         budget_mode: str = "adaptive",
         fixed_fraction: float = 0.4,
         budget_init: float = 0.4,
@@ -107,6 +119,14 @@ class CurvZO(ZerothOrderOptimizer):
         self.ht_correction = check_bool("ht_correction", ht_correction)
         self.explore = check_fraction("explore", explore, allow_zero=True)
         self.pi_floor = check_fraction("pi_floor", pi_floor, allow_zero=True)
+        self.variance_optimal_floor = check_fraction("variance_optimal_floor", variance_optimal_floor)
+        self.variance_optimal_ceiling = check_fraction("variance_optimal_ceiling", variance_optimal_ceiling)
+        if self.variance_optimal_floor > self.variance_optimal_ceiling:
+            raise ConfigError(f"optimizer.variance_optimal_floor ({variance_optimal_floor}) must not exceed "
+                              f"optimizer.variance_optimal_ceiling ({variance_optimal_ceiling})")
+        if sampling == "variance_optimal" and score != "regression":
+            raise ConfigError(f"optimizer.sampling=variance_optimal reads each block's gradient energy from "
+                              f"score=regression, got score={score}")
         self.budget_min = check_fraction("budget_min", budget_min)
         self.budget_max = check_fraction("budget_max", budget_max)
         if self.budget_min > self.budget_max:
@@ -126,15 +146,23 @@ class CurvZO(ZerothOrderOptimizer):
         self.scores = torch.full((len(self.blocks),), float(score_init), dtype=torch.float32)
         self.numel = torch.tensor([b.param.numel() for b in self.blocks], dtype=torch.float64)
         self.delta_ema = 1e-8  # G, only for score=normalized_abs (port's initial value)
-        # score=regression (ours, not the paper's): EMAs of Δ² over the steps that selected each block and over
-        # those that did not; under Poisson sampling their difference estimates G_b = ‖∇_b L‖² (spec §11.10)
-        self.delta_sq_selected = torch.full((len(self.blocks),), float(score_init), dtype=torch.float32)
-        self.delta_sq_unselected = torch.zeros(len(self.blocks), dtype=torch.float32)
+        # ours, not the paper's: G_b = ‖∇_b L‖² from the selection contrast of Δ² (spec §11.10). It is the score
+        # of score=regression and the input of sampling=variance_optimal, and every arm logs what it predicts
+        self.contrast = SelectionContrast(len(self.blocks), self.score_beta)
         self._sampler = torch.Generator(device="cpu")
 
     # probabilities and draws ---------------------------------------------------------------------
     def inclusion_probabilities(self) -> torch.Tensor:
-        """pi_b for the next step (float64), from the current scores and budget fraction."""
+        """pi_b for the next step (float64), from the current scores and budget fraction.
+
+        sampling=variance_optimal ignores the budget: every π costs two forward passes, so π minimises the
+        predicted M = E[ĝᵀAĝ] of the step (block_sampling.variance_optimal) for Ĝ_b = S_b and, the curvature
+        being unknown, A = I (T_b = d_b, H_b = Ĝ_b); the ceiling below 1 keeps every block's contrast observable.
+        """
+        if self.sampling == "variance_optimal":
+            energy = self.contrast.energy().to(torch.float64)
+            return variance_optimal(energy, self.numel, energy, floor=self.variance_optimal_floor,
+                                    ceiling=self.variance_optimal_ceiling)
         return inclusion_probabilities(
             self.scores, self.fraction, sampling=self.sampling, power=self.sampling_power,
             score_floor=self.score_floor, explore=self.explore, pi_floor=self.pi_floor,
@@ -184,7 +212,7 @@ class CurvZO(ZerothOrderOptimizer):
         delta = self.projected_grad(ctx, losses)
         self._update_scores(draw.chosen, energy, pi_chosen, delta)
         self._move_budget()
-        ctx.stats.update(self._diagnostics(draw))
+        ctx.stats.update(self._diagnostics(draw, ht))
 
     def _move_budget(self) -> None:
         """Every T_B steps the adaptive budget moves towards what the spread of S asks for (Eq. 20)."""
@@ -196,8 +224,11 @@ class CurvZO(ZerothOrderOptimizer):
     def _update_scores(self, chosen: list[int], energy: torch.Tensor, pi: torch.Tensor, delta: float) -> None:
         """EMA of the per-block curvature score from this step's scalar feedback (Eq. 7 or the port's), or
         the regression estimate of each block's gradient energy."""
+        selected = torch.zeros(len(self.blocks), dtype=torch.bool)
+        selected[chosen] = True
+        self.contrast.observe(selected, delta * delta)
         if self.score == "regression":
-            self._update_regression(chosen, delta)
+            self.scores = self.contrast.energy().clamp(min=self.score_floor)
             return
         if self.score == "delta_sq":
             sample = delta * delta * energy / energy.sum()
@@ -213,21 +244,13 @@ class CurvZO(ZerothOrderOptimizer):
             self.scores[chosen] *= 1 - self.score_beta
         self.scores[chosen] += (self.score_beta * sample).float()
 
-    def _update_regression(self, chosen: list[int], delta: float) -> None:
-        """E[Δ² | b selected] − E[Δ² | b not selected] = G_b under Poisson draws (each other block enters both
-        conditional means alike): an EMA of Δ² on each side of the selection mask, S_b their floored difference."""
-        selected = torch.zeros(len(self.blocks), dtype=torch.bool)
-        selected[chosen] = True
-        sample = torch.tensor(delta * delta, dtype=torch.float32)
-        for ema, mask in ((self.delta_sq_selected, selected), (self.delta_sq_unselected, ~selected)):
-            ema[mask] = ema[mask] * (1 - self.score_beta) + self.score_beta * sample
-        self.scores = (self.delta_sq_selected - self.delta_sq_unselected).clamp(min=self.score_floor)
-
-    def _diagnostics(self, draw: Draw) -> dict[str, float]:
+    def _diagnostics(self, draw: Draw, factors: torch.Tensor | None = None) -> dict[str, float]:
+        """What tells a researcher whether sampling helps: budget and support of S, the HT factors applied,
+        how S follows block size, and M(π)/M(MeZO) predicted from the contrast estimate Ĝ (A = I)."""
         pi, chosen = draw.pi, draw.chosen
         d_eff, entropy = support_and_entropy(self.scores)
         selected_numel = float(self.numel[chosen].sum()) if chosen else 0.0
-        return {
+        stats = {
             "curvzo/budget_f": draw.budget_f,
             "curvzo/expected_selected": float(pi.sum()),
             "curvzo/num_selected": len(chosen),
@@ -239,13 +262,23 @@ class CurvZO(ZerothOrderOptimizer):
             "curvzo/max_inv_pi_selected": float(1.0 / pi[chosen].min()) if chosen else 0.0,
             "zo/empty_steps": self.empty_steps,
         }
+        if factors is not None and factors.numel():  # the factor each selected block's step was scaled by
+            stats.update({"curvzo/ht_factor_mean": float(factors.mean()),
+                          "curvzo/ht_factor_median": float(factors.median()),
+                          "curvzo/ht_factor_max": float(factors.max())})
+        correlation = _log_correlation(self.scores, self.numel)
+        if correlation is not None:  # Eq. 7's S follows block size (spec §11.10): near 1 means S says little about G
+            stats["curvzo/score_size_log_corr"] = correlation
+        energy = self.contrast.energy().to(torch.float64)
+        if self.ht_correction and float(energy.sum()) > 0:
+            ones = torch.ones_like(pi)
+            stats["curvzo/predicted_variance_ratio_vs_mezo"] = (
+                predicted_moment(pi, energy, self.numel, energy) / predicted_moment(ones, energy, self.numel, energy))
+        return stats
 
     def state_bytes(self) -> int:
-        """The per-block scores S (float32), and the two Δ² EMAs of score=regression: O(blocks) state."""
-        extra = self.scores.numel() * self.scores.element_size()
-        if self.score == "regression":
-            extra *= 3
-        return super().state_bytes() + extra
+        """The per-block scores S and the selection contrast's four sums (float32): O(blocks) state."""
+        return super().state_bytes() + self.scores.numel() * self.scores.element_size() + self.contrast.num_bytes()
 
     def describe(self) -> dict[str, Any]:
         """State size and the steps whose draw selected no block (no forward pass, no update)."""
@@ -255,8 +288,7 @@ class CurvZO(ZerothOrderOptimizer):
     def state_dict(self) -> dict:
         state = super().state_dict()
         state["curvzo"] = {"scores": self.scores.clone(), "fraction": self.fraction, "delta_ema": self.delta_ema,
-                           "delta_sq_selected": self.delta_sq_selected.clone(),
-                           "delta_sq_unselected": self.delta_sq_unselected.clone()}
+                           "contrast": self.contrast.state_dict()}
         return state
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -267,6 +299,14 @@ class CurvZO(ZerothOrderOptimizer):
             self.scores = extra["scores"].to(torch.float32).clone()
             self.fraction = float(extra["fraction"])
             self.delta_ema = float(extra["delta_ema"])
-            if "delta_sq_selected" in extra:  # checkpoints before score=regression existed lack them
-                self.delta_sq_selected = extra["delta_sq_selected"].to(torch.float32).clone()
-                self.delta_sq_unselected = extra["delta_sq_unselected"].to(torch.float32).clone()
+            if "contrast" in extra:  # checkpoints before the selection contrast lack it: it starts afresh
+                self.contrast.load_state_dict(extra["contrast"])
+
+
+def _log_correlation(scores: torch.Tensor, sizes: torch.Tensor) -> float | None:
+    """Pearson correlation of log S_b and log d_b; None when either does not vary across blocks."""
+    x = torch.log(scores.to(torch.float64).clamp(min=1e-300))
+    y = torch.log(sizes.to(torch.float64))
+    x, y = x - x.mean(), y - y.mean()
+    norm = float(x.norm() * y.norm())
+    return float((x * y).sum()) / norm if norm > 0 else None
