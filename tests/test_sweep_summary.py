@@ -19,7 +19,7 @@ def test_report_counts_numbered_jobs_in_numeric_order(tmp_path):
 
 
 def test_report_counts_named_job_directories_and_skips_hidden_ones(tmp_path):
-    # a custom hydra.sweep.subdir such as sweeps/equal-cost-local's <task>_<optimizer>_seed<seed>
+    # a custom hydra.sweep.subdir such as sweeps/equal_cost_smollm2's <task>_<optimizer>_seed<seed>
     _job(tmp_path, "sst2_mezo_seed0", "finished")
     _job(tmp_path, "sst2_curvzo_seed0", "interrupted")
     (tmp_path / ".hydra").mkdir()
