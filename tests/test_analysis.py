@@ -68,6 +68,29 @@ def test_differences_from_a_baseline_carry_their_welch_standard_error(tmp_path, 
     assert capsys.readouterr().err.strip() == f"error: --baseline hizoo: no run of that optimizer below {tmp_path}"
 
 
+def test_curvzo_diagnostics_average_each_runs_steps_then_the_runs(tmp_path, capsys):
+    from curvzo.analysis.curvzo_diagnostics import main as diagnostics_main
+
+    for name, optimizer, seed, ratios in (("a", "curvzo", 0, [2.0] * 10 + [1.0] * 10),
+                                          ("b", "curvzo", 1, [1.0] * 20), ("m", "mezo", 0, None)):
+        write_summary(tmp_path, name, optimizer=optimizer, lr=1e-4, seed=seed, test_acc=0.7)
+        rows = [{"step": 0, "eval/dev_acc": 0.5}]
+        for step in range(1, 21):
+            row = {"step": step, "train/loss": 1.0, "zo/forward_passes": 2 * step}
+            if ratios:
+                row.update({"curvzo/budget_f": 0.4, "curvzo/predicted_variance_ratio_vs_mezo": ratios[step - 1],
+                            "curvzo/score_size_log_corr": 0.5, "curvzo/ht_factor_mean": 2.0,
+                            "curvzo/ht_factor_max": float(step), "curvzo/selected_numel_frac": 0.25,
+                            "zo/empty_steps": step // 10})
+            rows.append(row)
+        (tmp_path / name / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    assert diagnostics_main([str(tmp_path), "--markdown", str(tmp_path / "d.md")]) == 0
+    # run a: mean ratio 1.5, last tenth 1.0; run b: 1.0 and 1.0 -> 1.25 / 1.0; the largest factor of each run is 20
+    assert (tmp_path / "d.md").read_text().splitlines()[2] == "| curvzo | 2 | 1.250 / 1.000 | +0.50 | 2.00 / 20.0 | 25 % | 2 |"
+    assert "mezo" not in capsys.readouterr().out  # no CurvZO keys: left out
+    assert diagnostics_main([str(tmp_path / "nothing")]) == 2
+
+
 def test_dev_curves_follow_forward_passes_and_draw(tmp_path, capsys):
     from curvzo.analysis.dev_curves import curve_table, load_curves
     from curvzo.analysis.dev_curves import main as curves_main
