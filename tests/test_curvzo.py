@@ -264,26 +264,33 @@ def test_diagnostics_report_ht_factors_size_correlation_and_predicted_variance(h
         assert "curvzo/predicted_variance_ratio_vs_mezo" not in s
 
 
-def test_replay_from_losses_retraces_weights_scores_and_budget():
+VARIANTS = [{}, {"score": "regression", "ht_correction": False, "sampling_power": 1.0},  # paper; curvzo_sparse
+            {"score": "regression", "sampling": "variance_optimal"}]  # curvzo_variance_optimal: π from the contrast
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=["paper", "sparse", "variance_optimal"])
+def test_replay_from_losses_retraces_weights_scores_and_budget(variant):
     model, copy = small_mlp(), small_mlp()
-    opt = CurvZO(model.parameters(), lr=1e-2, seed=4, budget_every=3)
+    opt = CurvZO(model.parameters(), lr=1e-2, seed=4, budget_every=3, **variant)
     for _ in range(20):
         opt.step(mlp_closure(model))
     opt.step(lambda: torch.tensor(float("nan")))  # a skipped step is part of the trajectory too
-    twin = CurvZO(copy.parameters(), lr=1e-2, seed=4, budget_every=3)
+    twin = CurvZO(copy.parameters(), lr=1e-2, seed=4, budget_every=3, **variant)
     assert replay_from_losses(twin, opt.trajectory) == 21
     for p, q in zip(model.parameters(), copy.parameters()):
         assert torch.equal(p, q)
     assert torch.equal(opt.scores, twin.scores) and opt.fraction == twin.fraction
+    assert torch.equal(opt.contrast.energy(), twin.contrast.energy())
 
 
-def test_state_dict_round_trip_continues_identically():
+@pytest.mark.parametrize("variant", VARIANTS, ids=["paper", "sparse", "variance_optimal"])
+def test_state_dict_round_trip_continues_identically(variant):
     model, copy = small_mlp(), small_mlp()
-    opt = CurvZO(model.parameters(), lr=1e-2, seed=2, budget_every=2)
+    opt = CurvZO(model.parameters(), lr=1e-2, seed=2, budget_every=2, **variant)
     for _ in range(5):
         opt.step(mlp_closure(model))
     copy.load_state_dict(model.state_dict())
-    twin = CurvZO(copy.parameters(), lr=1e-2, seed=2, budget_every=2)
+    twin = CurvZO(copy.parameters(), lr=1e-2, seed=2, budget_every=2, **variant)
     twin.load_state_dict(opt.state_dict())
     for _ in range(5):
         opt.step(mlp_closure(model))

@@ -83,10 +83,11 @@ ARMS: dict[str, Callable[..., torch.optim.Optimizer]] = {
     "curvzo_fixed": lambda ps, q, lr, seed: CurvZO(ps, lr=lr, eps=1e-3, seed=seed, budget_mode="fixed",
                                                    fixed_fraction=0.4),
     "curvzo_regression (ours)": lambda ps, q, lr, seed: CurvZO(ps, lr=lr, eps=1e-3, seed=seed, score="regression"),
-    "curvzo_sparse (ours, no HT)": lambda ps, q, lr, seed: CurvZO(
+    "curvzo_sparse (ours, no HT)": lambda ps, q, lr, seed: CurvZO(  # conf/optimizer/curvzo_sparse.yaml
         ps, lr=lr, eps=1e-3, seed=seed, score="regression", ht_correction=False, sampling_power=1.0),
-    "curvzo_variance_optimal (ours)": lambda ps, q, lr, seed: CurvZO(
-        ps, lr=lr, eps=1e-3, seed=seed, score="regression", sampling="variance_optimal"),
+    "curvzo_variance_optimal (ours)": lambda ps, q, lr, seed: CurvZO(  # conf/optimizer/curvzo_variance_optimal.yaml
+        ps, lr=lr, eps=1e-3, seed=seed, score="regression", sampling="variance_optimal", score_beta=0.02,
+        budget_mode="fixed"),
     "oracle variance-optimal π": lambda ps, q, lr, seed: OracleVarianceOptimal(ps, q, lr=lr, eps=1e-3, seed=seed),
 }
 
@@ -120,7 +121,7 @@ def converge(arm: str, problem: Quadratic, lr: float, seed: int, cap: int, targe
     return Run(reached, at_checkpoint if at_checkpoint is not None else relative)
 
 
-def convergence_study(seeds: int = 5, lrs: tuple[float, ...] = (5e-4, 1e-3, 2e-3, 3e-3),
+def convergence_study(seeds: int = 5, lrs: tuple[float, ...] = (2.5e-4, 5e-4, 1e-3, 2e-3, 3e-3, 4e-3),
                       cap: int = 3000, target: float = 0.1, checkpoint: int = 1000,
                       arms: tuple[str, ...] | None = None) -> dict:
     """Every arm at every lr and seed; per arm the lr with the fewest mean passes to target (cap if missed)."""
