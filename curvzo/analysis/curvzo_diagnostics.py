@@ -12,11 +12,12 @@ and the steps whose draw was empty. Runs without CurvZO keys (MeZO, ...) are lef
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import pandas as pd
+
+from curvzo.analysis.dev_curves import logged_runs
 
 # column -> (metrics key, how one run's steps reduce to a number)
 COLUMNS = {
@@ -33,13 +34,8 @@ COLUMNS = {
 def run_diagnostics(root: str | Path) -> pd.DataFrame:
     """One row per CurvZO run below ``root``: optimizer, seed and each column of ``COLUMNS``."""
     rows = []
-    for summary_path in sorted(Path(root).rglob("summary.json")):
-        summary = json.loads(summary_path.read_text(encoding="utf-8"))
-        metrics = summary_path.parent / "metrics.jsonl"
-        if not metrics.is_file():
-            continue
-        steps = [r for r in map(json.loads, metrics.read_text(encoding="utf-8").splitlines())
-                 if "curvzo/budget_f" in r]
+    for _, summary, metrics in logged_runs(root):
+        steps = [r for r in metrics if "curvzo/budget_f" in r]
         if not steps:
             continue
         row = {"optimizer": summary.get("optimizer"), "seed": summary.get("seed"), "steps": len(steps)}

@@ -13,22 +13,27 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 
 
+def logged_runs(root: str | Path) -> Iterator[tuple[Path, dict, list[dict]]]:
+    """(run directory, summary, metrics rows) of every run below ``root`` that has both files."""
+    for summary_path in sorted(Path(root).rglob("summary.json")):
+        metrics = summary_path.parent / "metrics.jsonl"
+        if metrics.is_file():
+            rows = [json.loads(line) for line in metrics.read_text(encoding="utf-8").splitlines()]
+            yield summary_path.parent, json.loads(summary_path.read_text(encoding="utf-8")), rows
+
+
 def load_curves(root: str | Path) -> pd.DataFrame:
     """One row per (run, evaluation point): task, optimizer, lr, seed, step, forward passes, accuracies."""
     rows = []
-    for summary_path in sorted(Path(root).rglob("summary.json")):
-        summary = json.loads(summary_path.read_text(encoding="utf-8"))
-        metrics = summary_path.parent / "metrics.jsonl"
-        if not metrics.is_file():
-            continue
+    for run_dir, summary, metrics in logged_runs(root):
         passes = 0
-        for line in metrics.read_text(encoding="utf-8").splitlines():
-            row = json.loads(line)
+        for row in metrics:
             passes = row.get("zo/forward_passes", passes) or passes
             if "eval/dev_acc" in row:
                 rows.append({
@@ -36,7 +41,7 @@ def load_curves(root: str | Path) -> pd.DataFrame:
                     "seed": summary.get("seed"), "step": row["step"], "forward_passes": passes,
                     "dev_acc": 100 * row["eval/dev_acc"],
                     "test_acc": 100 * row["eval/test_acc"] if row.get("eval/test_acc") is not None else None,
-                    "run_dir": str(summary_path.parent),
+                    "run_dir": str(run_dir),
                 })
     return pd.DataFrame(rows)
 
