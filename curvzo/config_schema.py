@@ -102,7 +102,7 @@ class CurvzoSchema:
 
     seed: int = at_least(0)
     data_seed: int = at_least(0, below=2**32)  # numpy's RandomState seeds the sample (curvzo/data/sampling.py)
-    select_by: str = one_of("dev_loss", "dev_metric")
+    select_by: str = one_of("dev_loss", "dev_metric", "last")
     max_nonfinite_streak: int = at_least(1)
     direction_workers: int = at_least(0)
     resume: Any = "auto"  # auto | true | false | a run directory: checked by curvzo.resume.resume_mode

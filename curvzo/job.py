@@ -34,6 +34,7 @@ from curvzo.config_schema import check_ranges
 from curvzo.data import load_splits
 from curvzo.errors import ConfigError, CurvzoError, RunDirectoryError
 from curvzo.loggers import JsonlLogger, LoggerGroup, MetricLogger, WandbLogger
+from curvzo.metric_objective import TRAIN_OBJECTIVES, training_objective
 from curvzo.models.common import parse_dtype, resolve_device
 from curvzo.optim.base import ZerothOrderOptimizer
 from curvzo.optim.checks import optimizer_state_bytes
@@ -78,6 +79,14 @@ def _choice(cfg: DictConfig, key: str, choices: tuple[str, ...]) -> str:
     return value
 
 
+def train_objective(cfg: DictConfig) -> str:
+    """``task.train_objective`` (``loss`` when a task config has no such key), checked before anything loads."""
+    value = cfg.task.get("train_objective", "loss")
+    if value not in TRAIN_OBJECTIVES:
+        raise ConfigError(f"task.train_objective must be one of {', '.join(TRAIN_OBJECTIVES)}, got {value!r}")
+    return value
+
+
 def prepare_optimizer(optimizer, model: torch.nn.Module, workers: Any) -> None:
     """A ZO optimizer learns which modules own its tensors (the exact probe) and gets the config's
     ``direction_workers`` (0: one per intra-op thread, at most 4); a torch optimizer needs neither."""
@@ -109,6 +118,7 @@ def validate_config(cfg: DictConfig) -> LoopSettings:
             if group != "hydra" and isinstance(cfg[group], DictConfig):
                 check_targets(cfg[group], str(group))
         check_ranges(cfg)
+        train_objective(cfg)
         if trains(cfg):  # training needs steps, examples to draw batches from and a dev set to select on (protocol.md §8)
             for key in ("budget.max_steps", "budget.num_train", "budget.num_dev"):
                 _int_at_least(cfg, key, 1)
@@ -136,6 +146,10 @@ def validate_config(cfg: DictConfig) -> LoopSettings:
             dummy = torch.nn.Parameter(torch.zeros(1))
             dry = instantiate(optimizer_kwargs(cfg), "optimizer")([dummy])
             check_parallelism(world, dry)
+            if train_objective(cfg) != "loss" and not isinstance(dry, ZerothOrderOptimizer):
+                raise ConfigError(f"task.train_objective={train_objective(cfg)} needs a zeroth-order optimizer: "
+                                  f"{config_choices().get('optimizer') or type(dry).__name__} backpropagates, and no "
+                                  f"gradient flows through a metric")
             first_step = dry.forward_passes_next_step() if isinstance(dry, ZerothOrderOptimizer) else 1
             if settings.max_forward_passes is not None and settings.max_forward_passes < first_step:
                 raise ConfigError(f"budget.max_forward_passes={settings.max_forward_passes} does not cover one step "
@@ -320,6 +334,7 @@ def agreed_plan(cfg: DictConfig, output_dir: Path, identity: dict) -> DirectoryP
 def setup(cfg: DictConfig, plan: DirectoryPlan) -> JobParts:
     """Data, model, optimizer and schedule, each built once, checked against a checkpoint; writes nothing."""
     task = instantiate(cfg.task, "task")
+    task.objective = training_objective(task.objective, task.train_objective)
     splits = load_splits(task, cfg.paths.data_dir, cfg.budget.num_train, cfg.budget.num_dev,
                          cfg.budget.num_test, cfg.data_seed)
     data_fingerprint = json_fingerprint([[repr(e) for e in split] for split in (splits.train, splits.dev, splits.test)])
@@ -370,6 +385,7 @@ def initial_summary(cfg: DictConfig, output_dir: Path, parts: JobParts) -> dict[
         "git_commit": git_commit(),
         "versions": package_versions(),
         "metric": parts.task.objective.metric,
+        "train_objective": parts.task.objective.train_objective,
         "objective": repr(parts.task.objective),
         "data": {"source": splits.source, "train": len(splits.train), "dev": len(splits.dev), "test": len(splits.test)},
         "model_source": parts.loaded.source,

@@ -15,6 +15,9 @@ objective on the examples (MeZO selects checkpoints on it) and ``metric`` names 
 Evaluation chunks are dealt over the ranks of a distributed job and their partial sums combined
 in chunk order, so every metric is the one a single process computes, bit for bit.
 
+``curvzo.metric_objective`` wraps any of them to train on the negative metric instead
+(``task.train_objective=metric``); :class:`Objective` is the contract all of them keep.
+
 ``example_losses`` splits the training loss into per-example terms (numerator, weight) whose
 ratio of sums is the loss: what micro-batches and data-parallel ranks compute and gather.
 """
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +46,27 @@ from curvzo.scoring import (
     option_token_logprobs,
     predictions,
 )
+
+
+class Objective(Protocol):
+    """What the training loop asks of an objective (the three below, and curvzo.metric_objective's)."""
+
+    metric: str  # the primary metric: what select_by=dev_metric and the tables read
+    metrics: tuple[str, ...]  # every metric evaluate reports beside the loss
+    train_objective: str  # what training minimises: "loss" (the objective's own) or "metric" (its negative)
+
+    def training_batch(self, examples: Sequence[Example], tokenizer, max_length: int):
+        """The encoded minibatch the loss reads; it has ``.to(device)``."""
+
+    def loss(self, model, batch) -> torch.Tensor:
+        """The scalar a step minimises on ``batch``."""
+
+    def example_losses(self, model, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-example (numerator, weight) whose ratio of sums is ``loss``."""
+
+    def evaluate(self, model, tokenizer, examples: Sequence[Example], batch_size: int, max_length: int,
+                 device) -> dict:
+        """``{"loss", <metrics>..., "n"}`` on ``examples``."""
 
 
 def _length_sorted(examples: Sequence[Example]) -> list[Example]:
@@ -120,6 +145,7 @@ class CandidateClassification:
 
     metric = "acc"
     metrics = ("acc",)  # what evaluate reports beside the loss; ``metric`` is the primary one
+    train_objective = "loss"
 
     def training_batch(self, examples: Sequence[Example], tokenizer, max_length: int) -> ScoringBatch:
         return encode_examples(examples, tokenizer, max_length)
@@ -192,6 +218,7 @@ class AnswerGeneration:
 
     metric = "f1"
     metrics = ("f1", "em")
+    train_objective = "loss"
 
     def __init__(self, max_new_tokens: int = 50) -> None:  # MeZO --max_new_tokens 50
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
@@ -208,6 +235,10 @@ class AnswerGeneration:
         """Per example: the summed token NLL of its gold answer and its token count (the loss is a token mean)."""
         return token_nll_per_example(model, batch)
 
+    def decode(self, model, tokenizer, examples: Sequence[Example], max_length: int, device) -> list[str]:
+        """Greedy answers to one batch of ``examples``, from their prompts alone (the gold answer is never in them)."""
+        return greedy_decode(model, tokenizer, [ex.prompt for ex in examples], max_length, self.max_new_tokens, device)
+
     def generate(self, model, tokenizer, examples: Sequence[Example], batch_size: int, max_length: int,
                  device) -> list[str]:
         """Greedy answers, in the order of ``examples``."""
@@ -215,8 +246,7 @@ class AnswerGeneration:
         batches = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
 
         def part(rows: list[int]) -> list[str]:
-            return greedy_decode(model, tokenizer, [examples[i].prompt for i in rows], max_length,
-                                 self.max_new_tokens, device)
+            return self.decode(model, tokenizer, [examples[i] for i in rows], max_length, device)
 
         answers: list[str] = [""] * len(examples)
         for rows, texts in zip(batches, _dealt(part, batches, "generate")):

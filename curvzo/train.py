@@ -41,7 +41,7 @@ class LoopSettings:
     eval_every: int
     eval_batch_size: int
     max_length: int
-    select_by: str = "dev_loss"  # dev_loss (MeZO) | dev_metric (the task's accuracy or F1)
+    select_by: str = "dev_loss"  # dev_loss (MeZO) | dev_metric (the task's accuracy or F1) | last (the final model)
     max_nonfinite_streak: int = 10
     log_every: int = 1
     max_forward_passes: int | None = None  # never exceed this many in training (equal-cost comparisons)
@@ -122,6 +122,8 @@ class TrainingLoop:
                         self.device)
 
     def _dev_key(self, dev: dict) -> float:
+        if self.settings.select_by == "last":  # MeZO --evaluation_strategy no: the final model, whatever dev says
+            return -float(self.result.steps)
         return dev["loss"] if self.settings.select_by == "dev_loss" else -dev[self.objective.metric]
 
     def evaluation_point(self, step: int) -> None:

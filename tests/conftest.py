@@ -1,4 +1,4 @@
-"""Shared fixtures: the official data directory beside the checkout, and fresh Hydra state."""
+"""Shared fixtures: the official data directory beside the checkout, fresh Hydra state, composed job configs."""
 
 from __future__ import annotations
 
@@ -6,6 +6,13 @@ import os
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+
+from curvzo.run import CONFIG_DIR
+from tests.helpers import BASE
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,3 +45,19 @@ def hub_offline(monkeypatch, tmp_path):
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")
+
+
+@pytest.fixture
+def job_cfg(tmp_path):
+    """compose(overrides) -> the job's config, as @hydra.main hands it over."""
+    def make(*overrides: str):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            cfg = compose("config", return_hydra_config=True,
+                          overrides=[*BASE, f"paths.output_root={tmp_path / 'outputs'}", *overrides])
+        HydraConfig.instance().set_config(cfg)
+        with open_dict(cfg):
+            del cfg["hydra"]
+        return cfg
+    yield make
+    GlobalHydra.instance().clear()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shlex
 from pathlib import Path
 
@@ -12,6 +13,9 @@ import torch
 from omegaconf import OmegaConf
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR = os.environ.get("CURVZO_DATA_DIR", str(REPO_ROOT.parent / "shared" / "data"))
+# the smallest real job: what the job_cfg fixture (conftest.py) and command-line tests start from
+BASE = ["model=tiny-opt", "task=sst2", "optimizer=mezo", "budget=smoke", "logger=jsonl", f"paths.data_dir={DATA_DIR}"]
 
 
 def tiny_model(name: str = "tiny-opt", **overrides):

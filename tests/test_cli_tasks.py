@@ -81,3 +81,17 @@ def test_peft_modes_run_on_tiny_llama_with_their_mode_defaults(tmp_path, shared_
     assert summary["trainable_params"] == trainable
     assert (summary["eps"], summary["lr"]) == (eps, lr)
     assert [r["zo/forward_passes"] for r in rows if "train/loss" in r] == [2, 4, 6, 8]
+
+
+# issue 22's Done-when commands: training on the metric itself from the command line
+@pytest.mark.parametrize("task", ["sst2", "squad"])
+def test_the_metric_objective_runs_from_the_command_line(tmp_path, shared_data_dir, task):
+    data = write_squad(tmp_path / "data") if task == "squad" else shared_data_dir
+    model = "tiny-llama" if task == "squad" else "tiny-opt"
+    summary, rows = run_job(tmp_path, f"model={model}", f"task={task}", "optimizer=mezo", "task.train_objective=metric",
+                            "budget=smoke", f"paths.data_dir={data}")
+    assert summary["status"] == "finished" and summary["train_objective"] == "metric"
+    assert all(-1 <= r["train/loss"] <= 0 for r in rows if "train/loss" in r)
+    assert curvzo_run(f"model={model}", f"task={task}", "optimizer=fo_adam", "task.train_objective=metric",
+                      "budget=smoke", f"paths.data_dir={data}", f"hydra.run.dir={tmp_path / 'fo'}").returncode == 2
+    assert not (tmp_path / "fo").exists()

@@ -228,7 +228,8 @@ SMOKE = ("task=sst2", "budget=smoke", "logger=jsonl")
     (2, 2, ("model=tiny-llama", "optimizer=curvzo", "peft=lora")),
     (2, 2, ("model=tiny-llama", "optimizer=hizoo", "task=copa")),  # multiple choice (gold-option LM loss)
     (2, 2, ("model=tiny-llama", "optimizer=mezo", "peft=prefix")),
-], ids=["mezo-2", "mezo-4", "curvzo-lora-2", "hizoo-copa-2", "mezo-prefix-2"])
+    (2, 2, ("model=tiny-opt", "optimizer=mezo", "task.train_objective=metric")),  # per-example accuracies gathered
+], ids=["mezo-2", "mezo-4", "curvzo-lora-2", "hizoo-copa-2", "mezo-prefix-2", "mezo-metric-2"])
 def test_data_parallel_equals_one_process_on_the_same_micro_batches(tmp_path, shared_data_dir, nproc, micro, overrides):
     args = (*SMOKE, *overrides, f"paths.data_dir={shared_data_dir}")
     proc = torchrun(nproc, *args, f"hydra.run.dir={tmp_path / 'parallel'}")

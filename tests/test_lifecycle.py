@@ -32,10 +32,7 @@ from curvzo.preemption import HARD_STOP_EXIT_CODE, REQUEUE_EXIT_CODE, StopReques
 from curvzo.run import CONFIG_DIR, DIVERGED_EXIT_CODE
 from curvzo.scoring import CHARS_PER_TOKEN_BOUND, encode_examples
 from curvzo.train import training_batches
-from tests.helpers import REPO_ROOT, tiny_model
-
-DATA_DIR = os.environ.get("CURVZO_DATA_DIR", str(REPO_ROOT.parent / "shared" / "data"))
-BASE = ["model=tiny-opt", "task=sst2", "optimizer=mezo", "budget=smoke", "logger=jsonl", f"paths.data_dir={DATA_DIR}"]
+from tests.helpers import BASE, REPO_ROOT, tiny_model
 
 # curvzo-run in a child process that signals itself after a step (once, or twice: a second Ctrl-C)
 _SIGNALLED = """
@@ -66,22 +63,6 @@ def one_error_line(proc: subprocess.CompletedProcess) -> str:
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     return errors[0]
-
-
-@pytest.fixture
-def job_cfg(tmp_path):
-    """compose(overrides) -> the job's config, as @hydra.main hands it over."""
-    def make(*overrides: str):
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-            cfg = compose("config", return_hydra_config=True,
-                          overrides=[*BASE, f"paths.output_root={tmp_path / 'outputs'}", *overrides])
-        HydraConfig.instance().set_config(cfg)
-        with open_dict(cfg):
-            del cfg["hydra"]
-        return cfg
-    yield make
-    GlobalHydra.instance().clear()
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -27,7 +27,7 @@ import yaml
 # The fixed part of the tidy frame; method knobs (the optimizer node's other keys) follow, sorted.
 CORE_COLUMNS = [
     "task", "model", "optimizer", "peft", "budget", "lr", "eps", "seed", "data_seed", "metric",
-    "dev_best", "test_at_best_dev", "zero_shot_test", "best_step", "steps", "forward_passes",
+    "train_objective", "dev_best", "test_at_best_dev", "zero_shot_test", "best_step", "steps", "forward_passes",
     "forward_passes_per_step", "wall_s", "sec_per_step", "sec_per_forward", "peak_mem_gb",
     "peak_mem_kind", "state_mb", "max_steps", "max_forward_passes", "select_by", "status", "run_dir",
     "error",
@@ -153,11 +153,14 @@ def run_row(summary: dict, config: dict | None, run_dir: str, choices: dict | No
     """
     config, choices = config or {}, choices or {}
     metric = summary.get("metric") or "acc"
+    # what training minimised (task.train_objective); runs from before the key trained on the loss
+    train_objective = summary.get("train_objective") or _get(config, "task", "train_objective") or "loss"
     optimizer_node = config.get("optimizer") if isinstance(config.get("optimizer"), dict) else {}
     row = {
         "task": summary.get("task") or _get(config, "task", "name") or choices.get("task"),
         "model": summary.get("model") or choices.get("model") or _get(config, "model", "name_or_path"),
-        "optimizer": summary.get("optimizer") or choices.get("optimizer") or _class_name(optimizer_node),
+        "optimizer": method_label(summary.get("optimizer") or choices.get("optimizer") or _class_name(optimizer_node),
+                                  train_objective),
         "peft": summary.get("peft") or choices.get("peft"),
         "budget": summary.get("budget") or choices.get("budget"),
         "lr": _number(_first(summary.get("lr"), optimizer_node.get("lr"))),
@@ -165,6 +168,7 @@ def run_row(summary: dict, config: dict | None, run_dir: str, choices: dict | No
         "seed": _first(summary.get("seed"), config.get("seed")),
         "data_seed": _first(summary.get("data_seed"), config.get("data_seed")),
         "metric": metric,
+        "train_objective": train_objective,
         "dev_best": _number(_get(summary, "best", f"dev_{metric}")),
         "test_at_best_dev": _number(_get(summary, "test_at_best_dev", f"test_{metric}")),
         "zero_shot_test": _number(_get(summary, "zero_shot", f"test_{metric}")),
@@ -189,6 +193,12 @@ def run_row(summary: dict, config: dict | None, run_dir: str, choices: dict | No
         if key not in _NOT_KNOBS and not _is_interpolation(value):
             row[key if key not in CORE_COLUMNS else f"optimizer.{key}"] = _scalar(value)
     return row
+
+
+def method_label(optimizer: str | None, train_objective: str) -> str | None:
+    """The optimizer's name, marked when it trained on the metric itself: every table, figure and selection then
+    keeps the two objectives apart as two methods."""
+    return optimizer if optimizer is None or train_objective == "loss" else f"{optimizer} ({train_objective} objective)"
 
 
 def _first(*values: Any) -> Any:

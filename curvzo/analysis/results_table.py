@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pandas as pd
 
-CONFIG_COLUMNS = ["task", "metric", "model", "optimizer", "peft", "budget", "lr", "eps"]
+# train_objective keeps runs trained on the loss and on the metric itself apart (task.train_objective)
+CONFIG_COLUMNS = ["task", "metric", "model", "optimizer", "train_objective", "peft", "budget", "lr", "eps"]
 
 
 def load_runs(root: str | Path) -> pd.DataFrame:
@@ -36,6 +37,7 @@ def load_runs(root: str | Path) -> pd.DataFrame:
         rows.append({
             **{key: summary.get(key) for key in CONFIG_COLUMNS},
             "metric": metric,
+            "train_objective": summary.get("train_objective") or "loss",  # summaries before the key trained on the loss
             "seed": summary.get("seed"),
             "status": summary.get("status"),
             "zero_shot": _percent(summary.get("zero_shot", {}).get(f"test_{metric}")),
@@ -88,24 +90,31 @@ def _summarise(group: pd.DataFrame) -> pd.Series:
 
 
 def differences(table: pd.DataFrame, runs: pd.DataFrame, baseline: str) -> pd.DataFrame:
-    """Each configuration's test mean minus that of ``baseline`` on the same task, model, PEFT mode and budget, with
-    the standard error of the difference (Welch: sqrt(s1²/n1 + s2²/n2) over the finished seeds) and |diff| / se."""
+    """Each configuration's test mean minus that of ``baseline`` (trained on the loss) on the same task, model, PEFT
+    mode and budget, with the standard error of the difference (Welch: sqrt(s1²/n1 + s2²/n2) over the finished seeds) and |diff| / se."""
     done = runs[runs["status"] == "finished"]
     keys = ["task", "model", "peft", "budget"]
     rows = []
     for _, row in table.iterrows():
         same = (done[keys] == row[keys]).all(axis=1)
-        arm = done[same & (done["optimizer"] == row["optimizer"]) & (done["lr"] == row["lr"])]["test"]
-        base = done[same & (done["optimizer"] == baseline)]["test"]
-        if row["optimizer"] == baseline or base.empty or arm.empty:
+        arm = done[same & (done["optimizer"] == row["optimizer"]) & (done["lr"] == row["lr"])
+                   & (done["train_objective"] == row["train_objective"])]["test"]
+        base = done[same & (done["optimizer"] == baseline) & (done["train_objective"] == "loss")]["test"]
+        if (row["optimizer"], row["train_objective"]) == (baseline, "loss") or base.empty or arm.empty:
             continue
         se = (arm.var(ddof=1) / len(arm) + base.var(ddof=1) / len(base)) ** 0.5 if min(len(arm), len(base)) > 1 \
             else float("nan")
         diff = arm.mean() - base.mean()
-        rows.append({**{k: row[k] for k in keys}, "optimizer": row["optimizer"], "lr": row["lr"], "seeds": len(arm),
+        rows.append({**{k: row[k] for k in keys}, "optimizer": row["optimizer"],
+                     "train_objective": row["train_objective"], "lr": row["lr"], "seeds": len(arm),
                      "baseline_seeds": len(base), "diff": diff, "se": se,
                      "diff_over_se": diff / se if se > 0 else float("nan")})
     return pd.DataFrame(rows)
+
+
+def _arm(row) -> str:
+    """The optimizer, marked when it trained on the metric itself."""
+    return row["optimizer"] if row.get("train_objective", "loss") == "loss" else f"{row['optimizer']} ({row['train_objective']} objective)"
 
 
 def _markdown(table: pd.DataFrame, diffs: pd.DataFrame | None, baseline: str | None) -> str:
@@ -113,7 +122,7 @@ def _markdown(table: pd.DataFrame, diffs: pd.DataFrame | None, baseline: str | N
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for _, r in table.iterrows():
         std = "" if pd.isna(r["test_std"]) else f" ± {r['test_std']:.1f}"
-        lines.append(f"| {r['task']} | {r['optimizer']} | {r['lr']:g} | {r['seeds']} | {r['zero_shot']:.1f} | "
+        lines.append(f"| {r['task']} | {_arm(r)} | {r['lr']:g} | {r['seeds']} | {r['zero_shot']:.1f} | "
                      f"{r['test']:.1f}{std} | {r['best_dev']:.1f} | {r['sec_per_step']:.2f} |")
     if diffs is not None and not diffs.empty:
         lines += ["", f"Difference from {baseline} (test at best dev, points; se: Welch over seeds):", "",
@@ -122,9 +131,9 @@ def _markdown(table: pd.DataFrame, diffs: pd.DataFrame | None, baseline: str | N
         for _, r in diffs.iterrows():
             z = r["diff_over_se"]
             if pd.isna(z):  # one seed on either side: no standard error
-                lines.append(f"| {r['task']} | {r['optimizer']} | {r['diff']:+.1f} | — | — | n/a | n/a |")
+                lines.append(f"| {r['task']} | {_arm(r)} | {r['diff']:+.1f} | — | — | n/a | n/a |")
                 continue
-            lines.append(f"| {r['task']} | {r['optimizer']} | {r['diff']:+.1f} | {r['se']:.1f} | {z:+.2f} | "
+            lines.append(f"| {r['task']} | {_arm(r)} | {r['diff']:+.1f} | {r['se']:.1f} | {z:+.2f} | "
                          f"{'yes' if abs(z) > 1 else 'no'} | {'yes' if abs(z) > 2 else 'no'} |")
     return "\n".join(lines) + "\n"
 

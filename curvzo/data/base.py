@@ -10,6 +10,7 @@ from typing import Any
 from curvzo.data.readers import load_hub_split, require_task_dir
 from curvzo.errors import ConfigError
 from curvzo.example import Example
+from curvzo.metric_objective import TRAIN_OBJECTIVES
 from curvzo.objectives import CandidateClassification
 
 
@@ -30,17 +31,23 @@ class Task(abc.ABC):
     """A task: where its pools come from and how one row renders to an :class:`Example`.
 
     ``dev_cap`` caps ``num_dev`` for small tasks (MeZO uses 100 for CB); ``None`` means no cap.
+    ``train_objective`` is what a job trains on: ``loss`` (``objective``'s own) or ``metric`` (minus
+    its metric, curvzo.metric_objective); the job applies it, evaluation never changes.
     """
 
     name: str
     dev_cap: int | None
     objective = CandidateClassification()  # how the task trains and is scored (curvzo.objectives); subclasses override
 
-    def __init__(self, name: str, dev_cap: int | None = None) -> None:
+    def __init__(self, name: str, dev_cap: int | None = None, train_objective: str = "loss") -> None:
+        if train_objective not in TRAIN_OBJECTIVES:
+            raise ConfigError(f"task.train_objective must be one of {', '.join(TRAIN_OBJECTIVES)}, "
+                              f"got {train_objective!r}")
         if dev_cap is not None and (isinstance(dev_cap, bool) or not isinstance(dev_cap, int) or dev_cap < 0):
             raise ConfigError(f"task {name}: dev_cap must be a non-negative integer or null, got {dev_cap!r}")
         self.name = name
         self.dev_cap = dev_cap
+        self.train_objective = train_objective
 
     @abc.abstractmethod
     def load_pools(self, data_dir: str | None) -> Pools:
@@ -70,8 +77,9 @@ class OfficialTask(Task):
         hub_test_split: str,
         local_subdir: str,
         dev_cap: int | None = None,
+        train_objective: str = "loss",
     ) -> None:
-        super().__init__(name, dev_cap)
+        super().__init__(name, dev_cap, train_objective)
         self.hub_id = hub_id
         self.hub_config = hub_config
         self.hub_train_split = hub_train_split

@@ -111,8 +111,9 @@ class TweetSentiment(Task):
         prompt_suffix: str = " It was",
         options: tuple[str, str] | list[str] = (" terrible", " great"),
         dev_cap: int | None = None,
+        train_objective: str = "loss",
     ) -> None:
-        super().__init__(name, dev_cap)
+        super().__init__(name, dev_cap, train_objective)
         if isinstance(min_confidence, bool) or not isinstance(min_confidence, (int, float)) or not (
             0.0 <= min_confidence <= 1.0
         ):
