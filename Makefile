@@ -45,11 +45,17 @@ tables: install ## Dev-selected tables, figures, missing runs, speed-up, memory:
 
 # The benchmark (curvzo/bench): forward vs step time, peak memory vs inference, a reference MeZO step.
 # Add ARGS="--methods reference,mezo,curvzo" or config overrides ("ARGS=model.dtype=bfloat16").
+# Against an earlier run: ARGS="--compare outputs/bench-old/bench.json" (writes OUT/compare.md).
 BENCH_DATA_DIR ?= ../shared/data
+BENCH_DTYPES ?= float32,bfloat16
 bench: OUT = outputs/bench
-bench: install ## Speed and memory of every ZO step (SmolLM2-135M, SST-2, batch 16): OUT/bench.{json,md}; one vs several processes: OUT/distributed.{json,md}
-	$(BIN)/python -m curvzo.bench --out $(OUT) --data-dir $(BENCH_DATA_DIR) $(ARGS)
+bench: install ## Speed and memory of every ZO step in float32 and bfloat16 (SmolLM2-135M, SST-2, batch 16): OUT/bench.{json,md}; one vs several processes: OUT/distributed.{json,md}
+	$(BIN)/python -m curvzo.bench --out $(OUT) --data-dir $(BENCH_DATA_DIR) --dtypes $(BENCH_DTYPES) $(ARGS)
 	$(BIN)/python -m curvzo.bench.distributed --out $(OUT) --data-dir $(BENCH_DATA_DIR)
+
+bench-gpu: OUT = outputs/bench-gpu
+bench-gpu: install ## On a CUDA machine: every ZO method on OPT-1.3B/2.7B-sized random models in bf16 + the CUDA exactness tests: OUT/bench-gpu.md
+	$(BIN)/python -m curvzo.bench.gpu --out $(OUT) --data-dir $(BENCH_DATA_DIR)
 
 bench-quick: OUT = outputs/bench-quick
 bench-quick: install ## The benchmark's harness on tiny-opt (reference, MeZO), well under a minute: OUT/bench.{json,md}
@@ -101,4 +107,4 @@ clean: ## Remove run outputs (outputs/, multirun/), caches of Python and pytest
 	rm -rf outputs multirun .pytest_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-.PHONY: help install run test test-fast table tables bench bench-quick clean table1 table1_lora figure3 ablation memory
+.PHONY: help install run test test-fast table tables bench bench-gpu bench-quick clean table1 table1_lora figure3 ablation memory

@@ -18,6 +18,12 @@ DATA_DIR = os.environ.get("CURVZO_DATA_DIR", str(REPO_ROOT.parent / "shared" / "
 BASE = ["model=tiny-opt", "task=sst2", "optimizer=mezo", "budget=smoke", "logger=jsonl", f"paths.data_dir={DATA_DIR}"]
 
 
+# Where device-generic tests run: the CPU always; a CUDA device when there is one (``pytest -m cuda`` picks those
+# alone: make bench-gpu runs them).
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device")])]
+
+
 def tiny_model(name: str = "tiny-opt", **overrides):
     """Instantiate conf/model/<name>.yaml (a tiny random model) with optional overrides."""
     cfg = OmegaConf.load(REPO_ROOT / "conf" / "model" / f"{name}.yaml")

@@ -6,17 +6,19 @@ Speed is never asserted here (this machine is noisy); `make bench` measures it.
 from __future__ import annotations
 
 import json
+import subprocess
 
 import pytest
 import torch
 
 from curvzo.bench.__main__ import main as bench_main
+from curvzo.bench.gpu import main as gpu_main
 from curvzo.bench.reference import ReferenceMeZO, reference_batch, reference_loss
-from curvzo.bench.report import to_markdown, with_ratios
+from curvzo.bench.report import compare, to_markdown, with_ratios
 from curvzo.example import Example
 from curvzo.objectives import CandidateClassification
 from curvzo.optim.mezo import MeZO
-from tests.helpers import tiny_model
+from tests.helpers import REPO_ROOT, tiny_model
 
 EXAMPLES = [
     Example("The movie was wonderful. It was", (" terrible", " great"), 1),  # multi-token options
@@ -63,11 +65,11 @@ def test_reference_step_gives_our_losses_and_update(name):
     assert ours.forward_passes == ref.forward_passes == 6
 
 
-def _row(method, forward_s, peak, step_s=None, passes=None, dtype="float32", probe=None):
-    row = {"method": method, "device": "cpu", "dtype": dtype, "tokens": 100, "forward_s": forward_s,
+def _row(method, forward_s, peak, step_s=None, passes=None, dtype="float32", probe=None, state_gb=0.0, device="cpu"):
+    row = {"method": method, "device": device, "dtype": dtype, "tokens": 100, "forward_s": forward_s,
            "peak_mem_gb": peak, "peak_mem_kind": "cpu_peak_rss", "probe": probe}
     if step_s is not None:
-        row.update(step_s=step_s, forward_passes_per_step=passes, probe=probe or "exact")
+        row.update(step_s=step_s, forward_passes_per_step=passes, probe=probe or "exact", state_bytes=state_gb * 2**30)
     return row
 
 
@@ -85,7 +87,8 @@ def test_ratios_and_targets_in_the_report():
     assert by["mezo"]["memory_ratio"] == pytest.approx(1.05) and by["mezo"]["tokens_per_s"] == pytest.approx(200 / 1.2)
     assert by["inference"]["tokens_per_s"] == pytest.approx(200)
     text = _markdown(rows)
-    assert "| mezo | float32 | exact | 2 | 0.500 | 1.200 | 1.20 | 1.05 | 1.05 | 167 | 2.50 | — |" in text
+    assert "| mezo | float32 | exact | 2 | 0.500 | 1.200 | 1.20 | 1.30 | 1.05 | 0.000 | 1.05 | 1.10 | yes | 167 | 2.50 | — |" \
+        in text
     assert "[float32] MeZO step vs reference step: 2.50x faster (goal >= 2.5x): met" in text
     assert "[float32] MeZO step / (2 x forward): 1.20 (goal <= 1.3 on cpu): met" in text
     assert "CurvZO step 1.300 s vs MeZO 1.200 s (goal: never slower): **not met**" in text
@@ -103,6 +106,48 @@ def test_ratios_use_the_inference_row_of_their_own_dtype_and_compare_with_float3
     assert "[bfloat16] MeZO step 2.00x faster than float32 (goal >= 1.8x on cpu): met" in text
     assert "[float32] MeZO exact probe 3.000 s vs in-place 3.300 s (goal: not slower): met" in text
     assert "[bfloat16] MeZO step / (2 x forward): 1.50 (goal <= 1.3 on cpu): **not met**" in text
+
+
+def test_every_method_is_held_to_its_own_overhead_and_memory_goal():
+    rows = with_ratios([_row("inference", 1.0, 2.0), _row("mezo", 1.0, 2.1, 2.5, 2), _row("loren", 1.0, 2.2, 14.0, 10),
+                        _row("zo_adam", 1.0, 4.1, 2.5, 2, state_gb=2.0), _row("hizoo", 1.0, 4.5, 3.0, 3, state_gb=2.0),
+                        _row("inference", 1.0, 2.0, device="cuda:0", dtype="bfloat16"),
+                        _row("curvzo", 1.0, 2.2, 2.1, 2, device="cuda:0", dtype="bfloat16")])
+    by = {(r["method"], r["dtype"]): r for r in rows}
+    assert by["loren", "float32"]["overhead_goal"] == 1.5 and by["loren", "float32"]["meets_goals"]  # 14 / 10 = 1.4
+    assert by["mezo", "float32"]["memory_goal"] == pytest.approx(1.1) and by["mezo", "float32"]["meets_goals"]
+    # ZO-Adam's 2 GB of moments are its declared state: 4.1 <= 2 + 2 + 0.2, HiZOO's 4.5 is not
+    assert by["zo_adam", "float32"]["memory_goal"] == pytest.approx(2.1) and by["zo_adam", "float32"]["meets_goals"]
+    assert not by["hizoo", "float32"]["meets_goals"]
+    gpu = by["curvzo", "bfloat16"]  # CUDA: 1.1 and 1.05 for MeZO and CurvZO
+    assert (gpu["overhead_goal"], gpu["memory_goal"], gpu["meets_goals"]) == (1.1, 1.05, False)  # 2.2 / 2.0 = 1.1
+    assert "Per-method goals (issue 21): 3 of 5 rows meet both" in _markdown(rows)
+
+
+def test_compare_reports_each_rows_change_and_what_is_new_or_gone():
+    base = {"command": "python -m curvzo.bench --out old", "rows": with_ratios([
+        _row("inference", 1.0, 2.0), _row("mezo", 1.0, 2.1, 2.6, 2), _row("dizo", 1.0, 2.1, 3.0, 2)])}
+    new = {"rows": with_ratios([_row("inference", 0.9, 2.0), _row("mezo", 1.0, 2.0, 2.08, 2),
+                                _row("loren", 1.0, 2.5, 14.0, 10)])}
+    text = compare(new, base)
+    assert "Change against `python -m curvzo.bench --out old`" in text
+    assert "| mezo | float32 | exact | 2.600 → 2.080 | 0.80 | 1.30 → 1.04 | 1.05 → 1.00 |" in text
+    assert "| inference | float32 | — | 1.000 → 0.900 (forward) | 0.90 |" in text
+    assert "| loren | float32 | exact | new row |" in text and "Only in the base run: dizo [float32, exact]" in text
+
+
+def test_a_bad_compare_file_is_one_line_before_anything_is_measured(tmp_path, capsys):
+    (tmp_path / "base.json").write_text("[1, 2]")
+    with pytest.raises(SystemExit) as err:
+        bench_main(["--out", str(tmp_path / "b"), "--compare", str(tmp_path / "base.json")])
+    assert err.value.code == 2 and "--compare" in capsys.readouterr().err and not (tmp_path / "b").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the answer of a machine without CUDA")
+def test_the_gpu_bench_says_in_one_line_that_there_is_no_cuda(tmp_path, capsys):
+    assert gpu_main(["--out", str(tmp_path / "g")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: bench-gpu needs a CUDA device") and not (tmp_path / "g").exists()
 
 
 @pytest.mark.integration  # the whole bench end to end
@@ -148,7 +193,8 @@ def test_dtypes_probes_and_method_probes_make_the_plan():
 
 
 def test_side_by_side_arms_run_in_one_process(shared_data_dir, capsys):
-    from curvzo.bench.ab import main as ab_main, parse_arm
+    from curvzo.bench.ab import main as ab_main
+    from curvzo.bench.ab import parse_arm
 
     assert parse_arm("mezo:inplace:directions=rademacher") == (
         "mezo", ["optimizer.probe=inplace", "optimizer.directions=rademacher"])
@@ -157,3 +203,12 @@ def test_side_by_side_arms_run_in_one_process(shared_data_dir, capsys):
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert [r["arm"] for r in result["rows"]] == ["mezo:exact", "mezo:inplace", "curvzo"]
     assert result["rows"][0]["vs_first"] == 1.0 and all(r["step_s"] > 0 for r in result["rows"])
+
+
+@pytest.mark.integration  # make dry runs
+def test_make_bench_measures_both_dtypes_and_bench_gpu_is_one_command():
+    dry = subprocess.run(["make", "-n", "bench", "bench-gpu"], cwd=REPO_ROOT, capture_output=True, text=True,
+                         check=False)
+    assert dry.returncode == 0, dry.stderr
+    assert "-m curvzo.bench --out outputs/bench --data-dir ../shared/data --dtypes float32,bfloat16" in dry.stdout
+    assert "-m curvzo.bench.gpu --out outputs/bench-gpu --data-dir ../shared/data" in dry.stdout

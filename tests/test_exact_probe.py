@@ -13,10 +13,20 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from curvzo.errors import ConfigError
-from curvzo.optim import LOREN, CurvZO, DiZO, HiZOO, MeZO, SparseMeZO, StepContext, ZOAdam, ZOSGDMomentum
+from curvzo.optim import (
+    LOREN,
+    CurvZO,
+    DiZO,
+    HiZOO,
+    MeZO,
+    SparseMeZO,
+    StepContext,
+    ZOAdam,
+    ZOSGDMomentum,
+)
 from curvzo.optim import directions as directions_module
 from curvzo.peft_modes import lora, parameter_groups, prefix
-from tests.helpers import tiny_model
+from tests.helpers import DEVICES, tiny_model
 
 METHODS = {
     "mezo": lambda p, **kw: MeZO(p, lr=1e-3, **kw),
@@ -33,7 +43,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 def lm_closure(model, seed: int = 0):
     """A forward-only loss over a fixed random batch of token ids, as the training loop calls it."""
-    ids = torch.randint(3, 259, (4, 24), generator=torch.Generator().manual_seed(seed))
+    ids = torch.randint(3, 259, (4, 24), generator=torch.Generator().manual_seed(seed)).to(model.device)
 
     def closure():
         with torch.inference_mode():
@@ -53,10 +63,11 @@ def no_updates(monkeypatch):
     monkeypatch.setattr(DiZO, "finish", lambda self, ctx, losses: None)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", sorted(DTYPES))
 @pytest.mark.parametrize("name", sorted(METHODS))
-def test_fifty_steps_of_probes_leave_a_tiny_model_bit_identical(name, dtype, no_updates):
-    loaded = tiny_model("tiny-opt", dtype=str(DTYPES[dtype]).removeprefix("torch."))
+def test_fifty_steps_of_probes_leave_a_tiny_model_bit_identical(name, dtype, device, no_updates):
+    loaded = tiny_model("tiny-opt", dtype=str(DTYPES[dtype]).removeprefix("torch."), device=device)
     model = loaded.model.eval()
     params = [p for p in model.parameters() if p.requires_grad]
     start = snapshot(params)
@@ -99,8 +110,8 @@ def _probe_losses(model, probe: str, steps: int = 3, make=METHODS["mezo"], lr: f
     return [x for record in opt.trajectory for x in record["losses"]]
 
 
-def _variant(name: str, mode: str):
-    loaded = tiny_model(name)
+def _variant(name: str, mode: str, device: str = "cpu"):
+    loaded = tiny_model(name, device=device)
     model = loaded.model.eval()
     if mode == "lora":
         model = lora(model, seed=0).eval()
@@ -109,11 +120,12 @@ def _variant(name: str, mode: str):
     return model
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("mode", ["full", "lora", "prefix"])
 @pytest.mark.parametrize("name", ["tiny-opt", "tiny-llama"])
-def test_exact_and_inplace_probes_measure_the_same_losses_in_float32(name, mode):
-    exact = _probe_losses(_variant(name, mode), "exact")
-    inplace = _probe_losses(_variant(name, mode), "inplace")
+def test_exact_and_inplace_probes_measure_the_same_losses_in_float32(name, mode, device):
+    exact = _probe_losses(_variant(name, mode, device), "exact")
+    inplace = _probe_losses(_variant(name, mode, device), "inplace")
     assert len(exact) == 6
     assert exact == pytest.approx(inplace, rel=1e-6)
     assert exact[0] == inplace[0]  # L(θ + εz): the same single rounding of θ + εz in both schemes

@@ -10,7 +10,7 @@ import torch
 from curvzo.optim import MeZO, ZOAdam, replay_from_losses
 from curvzo.optim.rounding import resolve_rounding, store
 from curvzo.peft_modes import parameter_groups
-from tests.helpers import tiny_model
+from tests.helpers import DEVICES, tiny_model
 
 HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -21,10 +21,11 @@ def _weights(dtype, n: int = 20_000, seed: int = 0) -> torch.Tensor:
     return ((0.01 + torch.rand(n, generator=g) * 0.09) * torch.randn(n, generator=g).sign()).to(dtype)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", sorted(HALF))
-def test_stochastic_rounding_is_unbiased_where_nearest_rounding_loses_the_update(dtype):
-    theta = _weights(HALF[dtype])
-    delta = 1e-6 * torch.randn(theta.numel(), generator=torch.Generator().manual_seed(1))  # below half an ulp
+def test_stochastic_rounding_is_unbiased_where_nearest_rounding_loses_the_update(dtype, device):
+    theta = _weights(HALF[dtype]).to(device)
+    delta = 1e-6 * torch.randn(theta.numel(), generator=torch.Generator().manual_seed(1)).to(device)  # below half an ulp
     exact = theta.double() + delta.double()
     nearest = theta.clone()
     store(nearest, theta.float() + delta, "nearest", seed=5, block=0, start=0)
@@ -99,17 +100,18 @@ def test_a_half_precision_mezo_update_matches_the_float32_update_on_average(dtyp
     assert torch.equal(nearest.detach(), _weights(HALF[dtype]))  # the official behaviour loses it
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("make", [lambda g: MeZO(g, lr=1e-4, seed=4), lambda g: ZOAdam(g, lr=1e-5, seed=4)],
                          ids=["mezo", "zo_adam"])
-def test_replaying_a_bfloat16_run_is_bit_exact(make):
+def test_replaying_a_bfloat16_run_is_bit_exact(make, device):
     def build():
-        model = tiny_model("tiny-llama", dtype="bfloat16").model.eval()
+        model = tiny_model("tiny-llama", dtype="bfloat16", device=device).model.eval()
         return model, [p for p in model.parameters() if p.requires_grad]
 
     model, params = build()
     opt = make(parameter_groups(model, 0.0))
     opt.bind_model(model)
-    ids = torch.randint(3, 259, (4, 16), generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(3, 259, (4, 16), generator=torch.Generator().manual_seed(0)).to(device)
 
     def closure():
         with torch.inference_mode():

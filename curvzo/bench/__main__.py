@@ -3,10 +3,12 @@
     python -m curvzo.bench --out outputs/bench                  # SmolLM2-135M, SST-2, batch 16, every ZO method
     python -m curvzo.bench --out outputs/bench --dtypes float32,bfloat16 --probes exact,inplace --methods mezo,curvzo
     python -m curvzo.bench --out outputs/bench-quick --model tiny-opt --methods reference,mezo,curvzo --repeats 2 --steps 2
+    python -m curvzo.bench --out outputs/bench-new --compare outputs/bench/bench.json   # + the change against a run
 
 Every measurement (inference, the reference MeZO step, each optimizer) runs in a fresh process,
 one after another, on the same model and batch (:mod:`curvzo.bench.measure`); the results go to
-``OUT/bench.json`` and ``OUT/bench.md``. A benchmark, not a test: nothing here asserts a speed.
+``OUT/bench.json`` and ``OUT/bench.md`` (and with ``--compare BASE.json``, ``OUT/compare.md``, also printed).
+A benchmark, not a test: nothing here asserts a speed.
 """
 
 from __future__ import annotations
@@ -17,12 +19,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from curvzo.bench.report import machine_info, to_markdown, with_ratios
+from curvzo.bench.report import compare, machine_info, to_markdown, with_ratios
 from curvzo.optim.probe import PROBES
 
 # Every forward-only method; fo_adam (backpropagation) is not a ZO step and is left out.
-ZO_METHODS = ("mezo", "curvzo", "curvzo_uniform", "curvzo_fixed", "sparse_mezo", "hizoo", "dizo", "loren",
-              "zo_sgd_momentum", "zo_adam")
+ZO_METHODS = ("mezo", "curvzo", "curvzo_uniform", "curvzo_fixed", "curvzo_sparse", "curvzo_variance_optimal",
+              "sparse_mezo", "hizoo", "dizo", "loren", "zo_sgd_momentum", "zo_adam")
 DEFAULT_METHODS = ("reference", *ZO_METHODS)
 
 
@@ -61,8 +63,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--probes", default="exact",
                         help="comma-separated ZO probes for the methods named without one: exact and/or inplace "
                              "(default exact)")
+    parser.add_argument("--compare", type=Path, metavar="BASE.json",
+                        help="an earlier bench.json: also write OUT/compare.md (and print it) with each row's change")
     parser.add_argument("overrides", nargs="*", help="further config overrides, e.g. model.dtype=bfloat16")
     args = parser.parse_args(argv)
+    if args.compare is not None:
+        try:
+            args.base = json.loads(args.compare.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            parser.error(f"--compare {args.compare}: not a bench.json ({err})")
+        if not isinstance(args.base, dict) or not isinstance(args.base.get("rows"), list):
+            parser.error(f"--compare {args.compare}: not a bench.json (no list of rows)")
     if args.batch_size < 1 or args.repeats < 1 or args.steps < 1:
         parser.error("--batch-size, --repeats and --steps must be positive integers")
     args.probes = [p.strip() for p in args.probes.split(",") if p.strip()]
@@ -107,6 +118,10 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "bench.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     (args.out / "bench.md").write_text(to_markdown(result), encoding="utf-8")
     print(f"wrote {args.out / 'bench.json'} and {args.out / 'bench.md'}", file=sys.stderr)
+    if args.compare is not None:
+        text = compare(result, args.base)
+        (args.out / "compare.md").write_text(text, encoding="utf-8")
+        print(text)
     return 2 if failed else 0
 
 

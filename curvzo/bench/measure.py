@@ -116,6 +116,8 @@ def measure(method: str, overrides: list[str], repeats: int = 3, steps: int = 3,
         passes_before = optimizer.forward_passes
         step_times = timed(lambda: optimizer.step(closure), steps, device)
         result.update({
+            # the method's declared state (float32 whatever the model dtype): what its peak may add to inference
+            "state_bytes": optimizer.state_bytes() if isinstance(optimizer, ZerothOrderOptimizer) else 0,
             "step_s": statistics.median(step_times),
             "step_times_s": step_times,
             "forward_passes_per_step": (optimizer.forward_passes - passes_before) / (steps + 1),

@@ -13,6 +13,27 @@ TARGET_SPEEDUP = 2.5  # our MeZO step vs the reference step
 TARGET_OVERHEAD = {"cpu": 1.3, "cuda": 1.1}  # step time / (forward passes x forward time)
 TARGET_MEMORY = 1.1  # peak training memory / peak inference memory
 TARGET_HALF_SPEEDUP = 1.8  # issue 16: a bfloat16 step vs the float32 step of the same method, on this CPU
+# Issue 21's per-method goals, every method and dtype: step / (passes x forward) at most this; LOREN's K one-sided
+# queries need K directions, so it gets 1.5 on the CPU. On CUDA MeZO and CurvZO aim at 1.1.
+METHOD_OVERHEAD = {"cpu": 1.3, "cuda": 1.3}
+METHOD_OVERHEAD_EXCEPTIONS = {("cpu", "loren"): 1.5, ("cuda", "loren"): 1.5, ("cuda", "mezo"): 1.1,
+                              ("cuda", "curvzo"): 1.1}
+MEMORY_SLACK = 0.10  # peak at most inference + the method's declared state + 10 % of inference (issue 21)
+CUDA_MEMORY = {"mezo": 1.05, "curvzo": 1.05}  # issue 21: peak / inference on a GPU for these two
+
+
+def overhead_goal(method: str, device: str) -> float:
+    """Issue 21's step / (passes x forward) goal for ``method`` on ``device`` (cpu or cuda...)."""
+    kind = "cuda" if device.startswith("cuda") else "cpu"
+    return METHOD_OVERHEAD_EXCEPTIONS.get((kind, method), METHOD_OVERHEAD[kind])
+
+
+def memory_goal(row: dict, inference_gb: float) -> float:
+    """Issue 21's peak / inference goal: 1 + state / inference + 10 % (on CUDA at most 1.05 for MeZO and CurvZO)."""
+    goal = 1.0 + row.get("state_bytes", 0) / 2**30 / inference_gb + MEMORY_SLACK
+    if row["device"].startswith("cuda") and row["method"] in CUDA_MEMORY:
+        goal = min(goal, CUDA_MEMORY[row["method"]])
+    return goal
 
 
 def machine_info() -> dict:
@@ -49,6 +70,10 @@ def with_ratios(rows: list[dict]) -> list[dict]:
         if "step_s" in row:
             passes = row["forward_passes_per_step"]
             row["overhead"] = row["step_s"] / (passes * row["forward_s"])
+            if row["method"] != "reference":  # the per-method goals (issue 21)
+                row["overhead_goal"] = overhead_goal(row["method"], row["device"])
+                row["memory_goal"] = memory_goal(row, inference[row["dtype"]]["peak_mem_gb"])
+                row["meets_goals"] = row["overhead"] <= row["overhead_goal"] and row["memory_ratio"] <= row["memory_goal"]
             row["tokens_per_s"] = row["tokens"] * passes / row["step_s"]
             if row["dtype"] in reference:
                 row["speedup_vs_reference"] = reference[row["dtype"]]["step_s"] / row["step_s"]
@@ -59,6 +84,32 @@ def with_ratios(rows: list[dict]) -> list[dict]:
             row["tokens_per_s"] = row["tokens"] / row["forward_s"]
         out.append(row)
     return out
+
+
+def compare(result: dict, base: dict) -> str:
+    """Markdown: each row of ``result`` against the row of ``base`` with the same method, dtype and probe."""
+    def key(row: dict) -> tuple:
+        return row["method"], row["dtype"], row.get("probe")
+
+    before = {key(r): r for r in base["rows"]}
+    lines = [f"Change against `{base.get('command', 'the base run')}` (new / base; < 1 is faster or smaller):", "",
+             ("| method | dtype | probe | step s: base → new | new / base | step / (passes x forward): base → new | "
+              "peak / inference: base → new |"), "| --- | --- | --- | ---: | ---: | ---: | ---: |"]
+    for row in result["rows"]:
+        old = before.get(key(row))
+        if old is None:
+            lines.append(f"| {row['method']} | {row['dtype']} | {row.get('probe') or '—'} | new row | — | — | — |")
+            continue
+        time_key = "step_s" if "step_s" in row and "step_s" in old else "forward_s"
+        lines.append(f"| {row['method']} | {row['dtype']} | {row.get('probe') or '—'} | "
+                     f"{old[time_key]:.3f} → {row[time_key]:.3f}{'' if time_key == 'step_s' else ' (forward)'} | "
+                     f"{row[time_key] / old[time_key]:.2f} | "
+                     f"{_fmt(old.get('overhead'), '.2f')} → {_fmt(row.get('overhead'), '.2f')} | "
+                     f"{old['memory_ratio']:.2f} → {row['memory_ratio']:.2f} |")
+    gone = [k for k in before if k not in {key(r) for r in result["rows"]}]
+    if gone:
+        lines += ["", "Only in the base run: " + ", ".join(f"{m} [{d}{', ' + p if p else ''}]" for m, d, p in gone)]
+    return "\n".join(lines) + "\n"
 
 
 def _fmt(value, spec: str) -> str:
@@ -107,8 +158,8 @@ def to_markdown(result: dict) -> str:
     """The table, the machine, the command and the targets."""
     machine = result["machine"]
     where = machine["gpu"] or f"{machine['cpu']}, {machine['cores']} cores, {machine['torch_threads']} torch threads"
-    header = ["method", "dtype", "probe", "passes/step", "forward s", "step s", "step / (passes x forward)", "peak GB",
-              "peak / inference", "tokens/s", "vs reference", "vs float32"]
+    header = ["method", "dtype", "probe", "passes/step", "forward s", "step s", "step / (passes x forward)", "goal",
+              "peak GB", "state GB", "peak / inference", "goal", "met", "tokens/s", "vs reference", "vs float32"]
     lines = ["| " + " | ".join(header) + " |", "| --- | --- | --- |" + " ---: |" * (len(header) - 3)]
     for r in result["rows"]:
         lines.append("| " + " | ".join([
@@ -119,8 +170,12 @@ def to_markdown(result: dict) -> str:
             _fmt(r["forward_s"], ".3f"),
             _fmt(r.get("step_s"), ".3f"),
             _fmt(r.get("overhead"), ".2f"),
+            _fmt(r.get("overhead_goal"), ".2f"),
             _fmt(r["peak_mem_gb"], ".2f"),
+            _fmt(r["state_bytes"] / 2**30 if "state_bytes" in r else None, ".3f"),
             _fmt(r["memory_ratio"], ".2f"),
+            _fmt(r.get("memory_goal"), ".2f"),
+            {True: "yes", False: "**no**"}.get(r.get("meets_goals"), "—"),
             _fmt(r["tokens_per_s"], ".0f"),
             _fmt(r.get("speedup_vs_reference"), ".2f"),
             _fmt(r.get("speedup_vs_float32"), ".2f"),
@@ -134,6 +189,12 @@ def to_markdown(result: dict) -> str:
              f"Command: `{result['command']}`"]
     if result.get("failed"):
         parts.append("Failed measurements:\n" + "\n".join(f"- {line}" for line in result["failed"]))
+    goals = [r for r in result["rows"] if "meets_goals" in r]
+    if goals:
+        parts.append(f"Per-method goals (issue 21): {sum(r['meets_goals'] for r in goals)} of {len(goals)} rows meet "
+                     f"both; step / (passes x forward) <= the goal column (1.3, LOREN 1.5; MeZO and CurvZO 1.1 on "
+                     f"CUDA); peak / inference <= 1 + state / inference + {MEMORY_SLACK:.0%}"
+                     f" (MeZO and CurvZO at most 1.05 on CUDA).")
     targets = _targets(result)
     if targets:
         parts.append("Targets:\n" + "\n".join(targets))
