@@ -32,7 +32,7 @@ run: install ## Run the default job (add overrides with ARGS="task=sst2 paths.da
 	$(BIN)/curvzo-run $(ARGS)
 
 test: install ## Run the whole test suite (includes the slow real-model test)
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=15
 
 test-fast: install ## The unit tests: leaves out the slow real-model test and the end-to-end (integration) tests, one worker per core
 	$(BIN)/pytest -q -n auto -m "not slow and not integration"  # -n: a pytest-xdist worker per core

@@ -403,6 +403,7 @@ def finish(result, summary: dict, status: str, optimizer, output_dir: Path, logg
         "steps": result.steps,
         "forward_passes": result.forward_passes,
         "skipped_steps": result.skipped_steps,
+        "flat_steps": result.flat_steps,
         "zero_shot": result.zero_shot,
         "best": {k: v for k, v in result.best.items() if k != "key"},
         "test_at_best_dev": result.test_at_best,

@@ -57,6 +57,7 @@ class LoopResult:
     steps: int = 0
     forward_passes: int = 0
     skipped_steps: int = 0
+    flat_steps: int = 0  # ZO steps whose probe losses were all equal: a zero estimate (training on a metric)
     zero_shot: dict = field(default_factory=dict)
     best: dict = field(default_factory=dict)
     test_at_best: dict = field(default_factory=dict)
@@ -174,6 +175,7 @@ class TrainingLoop:
         loss = self.optimizer.step(self.minibatch_loss.closure(examples))
         self.result.forward_passes = self.optimizer.forward_passes
         self.result.skipped_steps = self.optimizer.skipped_steps
+        self.result.flat_steps = self.optimizer.flat_steps
         return loss
 
     def _first_order_step(self, examples) -> float:

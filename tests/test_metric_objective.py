@@ -136,7 +136,7 @@ def test_a_flat_metric_gives_a_zero_projected_gradient_and_no_update(job_cfg, pr
     for _ in range(3):
         assert float(optimizer.step(closure)) == -1.0
         assert optimizer.last_stats.get("zo/projected_grad", 0.0) == 0.0
-    assert optimizer.forward_passes > 0
+    assert optimizer.forward_passes > 0 and optimizer.flat_steps == 3 - optimizer.empty_steps
     assert all(torch.equal(a, p.detach()) for a, p in zip(before, params))
 
 

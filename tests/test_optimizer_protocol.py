@@ -135,7 +135,7 @@ def test_rademacher_directions_train_too():
 
 def test_the_loop_contract_is_what_the_loop_reads():
     """Everything train.py, job.py and resume.py touch is declared on the base class."""
-    declared = set(dir(ZerothOrderOptimizer)) | {"forward_passes", "skipped_steps", "last_stats", "last_outcome",
+    declared = set(dir(ZerothOrderOptimizer)) | {"forward_passes", "skipped_steps", "flat_steps", "last_stats", "last_outcome",
                                                  "trajectory", "extra_batches", "probe_mode"}
     source = "\n".join((REPO_ROOT / p).read_text() for p in LOOP_MODULES)
     def is_optimizer(node) -> bool:  # `optimizer` or `self.optimizer` (not `cfg.optimizer`, a config node)

@@ -12,6 +12,8 @@ What the training loop relies on, and nothing else (no attribute probing):
 - ``last_outcome``: ``"updated"``, ``"skipped"`` (a non-finite probe loss: weights untouched) or
   ``"empty"`` (a sparse method drew no block: no forward pass, no update).
 - ``forward_passes``, ``skipped_steps``, ``last_stats`` (this step's metrics), ``trajectory`` (replay records).
+- ``flat_steps``: updated steps whose probe losses were all equal (a zero estimate: common when training on
+  a metric, ``task.train_objective=metric``).
 - ``forward_passes_next_step()``: what the next step may spend, so a budget is never overrun.
 - ``bind_model(model)``: which modules own which tensors (the exact probe's hooks).
 - ``uses_extra_batches`` and ``set_extra_batches(closures)``: closures over fresh minibatches.
@@ -106,6 +108,7 @@ class ZerothOrderOptimizer(torch.optim.Optimizer, ABC):
         self.forward_passes = 0
         self.skipped_steps = 0
         self.empty_steps = 0
+        self.flat_steps = 0
         self.trajectory: list[dict] = []
         self.last_stats: dict[str, float] = {}
         self.last_outcome = "updated"
@@ -157,6 +160,7 @@ class ZerothOrderOptimizer(torch.optim.Optimizer, ABC):
         self.update(ctx, losses)
         self.finish(ctx, losses)
         self.last_outcome = "updated"
+        self.flat_steps += len(set(losses)) == 1
         loss = self.reported_loss(losses)
         projected_grad = self.projected_grad(ctx, losses)
         self.record(step=step + 1, seed=ctx.seed, projected_grad=projected_grad, lr=self.lrs(), losses=list(losses),
@@ -389,7 +393,8 @@ class ZerothOrderOptimizer(torch.optim.Optimizer, ABC):
     def state_dict(self) -> dict:
         state = super().state_dict()
         state["zo"] = {"seed": self.seed, "steps_taken": self.steps_taken, "forward_passes": self.forward_passes,
-                       "skipped_steps": self.skipped_steps, "empty_steps": self.empty_steps}
+                       "skipped_steps": self.skipped_steps, "empty_steps": self.empty_steps,
+                       "flat_steps": self.flat_steps}
         return state
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -409,3 +414,4 @@ class ZerothOrderOptimizer(torch.optim.Optimizer, ABC):
             self.forward_passes = zo["forward_passes"]
             self.skipped_steps = zo["skipped_steps"]
             self.empty_steps = zo.get("empty_steps", 0)
+            self.flat_steps = zo.get("flat_steps", 0)  # checkpoints before the counter have none
