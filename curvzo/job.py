@@ -34,7 +34,7 @@ from curvzo.config_schema import check_ranges
 from curvzo.data import load_splits
 from curvzo.errors import ConfigError, CurvzoError, RunDirectoryError
 from curvzo.loggers import JsonlLogger, LoggerGroup, MetricLogger, WandbLogger
-from curvzo.metric_objective import TRAIN_OBJECTIVES, training_objective
+from curvzo.metric_objective import check_train_objective, training_objective
 from curvzo.models.common import parse_dtype, resolve_device
 from curvzo.optim.base import ZerothOrderOptimizer
 from curvzo.optim.checks import optimizer_state_bytes
@@ -81,10 +81,7 @@ def _choice(cfg: DictConfig, key: str, choices: tuple[str, ...]) -> str:
 
 def train_objective(cfg: DictConfig) -> str:
     """``task.train_objective`` (``loss`` when a task config has no such key), checked before anything loads."""
-    value = cfg.task.get("train_objective", "loss")
-    if value not in TRAIN_OBJECTIVES:
-        raise ConfigError(f"task.train_objective must be one of {', '.join(TRAIN_OBJECTIVES)}, got {value!r}")
-    return value
+    return check_train_objective(cfg.task.get("train_objective", "loss"))
 
 
 def prepare_optimizer(optimizer, model: torch.nn.Module, workers: Any) -> None:

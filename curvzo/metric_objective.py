@@ -31,13 +31,18 @@ from curvzo.scoring import ScoringBatch, candidate_scores, encode_examples, pred
 TRAIN_OBJECTIVES = ("loss", "metric")  # the values of task.train_objective
 
 
+def check_train_objective(value: object) -> str:
+    """``value`` if it names a training objective, else one ConfigError line."""
+    if value not in TRAIN_OBJECTIVES:
+        raise ConfigError(f"task.train_objective must be one of {', '.join(TRAIN_OBJECTIVES)}, got {value!r}")
+    return value
+
+
 def training_objective(scored: Objective, train_objective: str) -> Objective:
     """The objective a job trains on: the task's own (``loss``) or its negative metric (``metric``)."""
-    if train_objective == "loss":
+    if check_train_objective(train_objective) == "loss":
         return scored
-    if train_objective == "metric":
-        return GenerationF1(scored) if isinstance(scored, AnswerGeneration) else CandidateAccuracy(scored)
-    raise ConfigError(f"task.train_objective must be one of {', '.join(TRAIN_OBJECTIVES)}, got {train_objective!r}")
+    return GenerationF1(scored) if isinstance(scored, AnswerGeneration) else CandidateAccuracy(scored)
 
 
 class _NegativeMetric(abc.ABC):

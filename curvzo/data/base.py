@@ -10,7 +10,7 @@ from typing import Any
 from curvzo.data.readers import load_hub_split, require_task_dir
 from curvzo.errors import ConfigError
 from curvzo.example import Example
-from curvzo.metric_objective import TRAIN_OBJECTIVES
+from curvzo.metric_objective import check_train_objective
 from curvzo.objectives import CandidateClassification
 
 
@@ -40,14 +40,11 @@ class Task(abc.ABC):
     objective = CandidateClassification()  # how the task trains and is scored (curvzo.objectives); subclasses override
 
     def __init__(self, name: str, dev_cap: int | None = None, train_objective: str = "loss") -> None:
-        if train_objective not in TRAIN_OBJECTIVES:
-            raise ConfigError(f"task.train_objective must be one of {', '.join(TRAIN_OBJECTIVES)}, "
-                              f"got {train_objective!r}")
         if dev_cap is not None and (isinstance(dev_cap, bool) or not isinstance(dev_cap, int) or dev_cap < 0):
             raise ConfigError(f"task {name}: dev_cap must be a non-negative integer or null, got {dev_cap!r}")
         self.name = name
         self.dev_cap = dev_cap
-        self.train_objective = train_objective
+        self.train_objective = check_train_objective(train_objective)
 
     @abc.abstractmethod
     def load_pools(self, data_dir: str | None) -> Pools:
