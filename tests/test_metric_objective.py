@@ -209,3 +209,13 @@ def test_the_paper_preset_is_mezo_table3s_f1_row():
     local = preset("metric_objective-local")
     assert (local.task.name, local.task.train_objective, local.model.dtype, local.budget.max_forward_passes) == \
         ("sst2", "metric", "bfloat16", 400)
+
+
+def test_dev_curves_keep_the_two_objectives_apart(tmp_path):
+    from curvzo.analysis.dev_curves import curve_table, load_curves
+
+    for name, objective, acc in (("loss", "loss", 0.7), ("metric", "metric", 0.6)):
+        write_summary(tmp_path, name, "mezo", objective, acc, 0)
+        (tmp_path / name / "metrics.jsonl").write_text(json.dumps({"step": 4, "eval/dev_acc": acc}) + "\n")
+    table = curve_table(load_curves(tmp_path))
+    assert table[["optimizer", 4]].values.tolist() == [["mezo", 70.0], ["mezo (metric objective)", 60.0]]

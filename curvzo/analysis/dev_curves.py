@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from curvzo.analysis.collect import method_label
+
 
 def logged_runs(root: str | Path) -> Iterator[tuple[Path, dict, list[dict]]]:
     """(run directory, summary, metrics rows) of every run below ``root`` that has both files."""
@@ -37,7 +39,9 @@ def load_curves(root: str | Path) -> pd.DataFrame:
             passes = row.get("zo/forward_passes", passes) or passes
             if "eval/dev_acc" in row:
                 rows.append({
-                    "task": summary.get("task"), "optimizer": summary.get("optimizer"), "lr": summary.get("lr"),
+                    "task": summary.get("task"), "lr": summary.get("lr"),
+                    # a run trained on the metric is its own curve ("mezo (metric objective)")
+                    "optimizer": method_label(summary.get("optimizer"), summary.get("train_objective") or "loss"),
                     "seed": summary.get("seed"), "step": row["step"], "forward_passes": passes,
                     "dev_acc": 100 * row["eval/dev_acc"],
                     "test_acc": 100 * row["eval/test_acc"] if row.get("eval/test_acc") is not None else None,
