@@ -86,7 +86,8 @@ def test_curvzo_diagnostics_average_each_runs_steps_then_the_runs(tmp_path, caps
         (tmp_path / name / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
     assert diagnostics_main([str(tmp_path), "--markdown", str(tmp_path / "d.md")]) == 0
     # run a: mean ratio 1.5, last tenth 1.0; run b: 1.0 and 1.0 -> 1.25 / 1.0; the largest factor of each run is 20
-    assert (tmp_path / "d.md").read_text().splitlines()[2] == "| curvzo | 2 | 1.250 / 1.000 | +0.50 | 2.00 / 20.0 | 25 % | 2 |"
+    assert (tmp_path / "d.md").read_text().splitlines()[2] == \
+        "| sst2 | curvzo | 2 | 1.250 / 1.000 | +0.50 | 2.00 / 20.0 | 25 % | 2 |"
     assert "mezo" not in capsys.readouterr().out  # no CurvZO keys: left out
     assert diagnostics_main([str(tmp_path / "nothing")]) == 2
 

@@ -2,8 +2,8 @@
 
     curvzo-diagnostics outputs/multirun/equal-cost-local --markdown diagnostics.md
 
-Reads each run's summary.json (optimizer, seed) and the training rows of its metrics.jsonl, and reports per
-optimizer, averaged over its runs: the predicted M(π)/M(MeZO) from the selection-contrast estimate (mean over
+Reads each run's summary.json (task, optimizer, seed) and the training rows of its metrics.jsonl, and reports per
+task and optimizer, averaged over its runs: the predicted M(π)/M(MeZO) from the selection-contrast estimate (mean over
 steps, and over the last tenth of the steps, when the estimate has had time), the correlation of log S with
 log block size, the HT factors applied (mean, and the largest of the run), the share of coordinates selected,
 and the steps whose draw was empty. Runs without CurvZO keys (MeZO, ...) are left out.
@@ -32,13 +32,14 @@ COLUMNS = {
 
 
 def run_diagnostics(root: str | Path) -> pd.DataFrame:
-    """One row per CurvZO run below ``root``: optimizer, seed and each column of ``COLUMNS``."""
+    """One row per CurvZO run below ``root``: task, optimizer, seed and each column of ``COLUMNS``."""
     rows = []
     for _, summary, metrics in logged_runs(root):
         steps = [r for r in metrics if "curvzo/budget_f" in r]
         if not steps:
             continue
-        row = {"optimizer": summary.get("optimizer"), "seed": summary.get("seed"), "steps": len(steps)}
+        row = {"task": summary.get("task"), "optimizer": summary.get("optimizer"), "seed": summary.get("seed"),
+               "steps": len(steps)}
         for column, (key, how) in COLUMNS.items():
             values = [r[key] for r in steps if key in r]
             if not values:
@@ -57,22 +58,23 @@ def run_diagnostics(root: str | Path) -> pd.DataFrame:
 
 
 def summarise(runs: pd.DataFrame) -> pd.DataFrame:
-    """Mean over each optimizer's runs of every column, and the number of runs."""
-    table = runs.groupby("optimizer", sort=True)[list(COLUMNS)].mean()
-    table.insert(0, "runs", runs.groupby("optimizer", sort=True).size())
+    """Mean over each (task, optimizer)'s runs of every column, and the number of runs."""
+    keys = ["task", "optimizer"]
+    table = runs.groupby(keys, sort=True, dropna=False)[list(COLUMNS)].mean()
+    table.insert(0, "runs", runs.groupby(keys, sort=True, dropna=False).size())
     return table.reset_index()
 
 
 def to_markdown(table: pd.DataFrame) -> str:
-    lines = [("| optimizer | runs | predicted M(π)/M(MeZO), mean / last 10 % of steps | corr(log S, log d_b) | "
+    lines = [("| task | optimizer | runs | predicted M(π)/M(MeZO), mean / last 10 % of steps | corr(log S, log d_b) | "
               "HT factor mean / max | coordinates selected | empty steps |"),
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
 
     def fmt(value: float, spec: str) -> str:
         return "—" if pd.isna(value) else format(value, spec)
 
     for _, r in table.iterrows():
-        lines.append(f"| {r['optimizer']} | {r['runs']} | {fmt(r['predicted_ratio'], '.3f')} / "
+        lines.append(f"| {r['task']} | {r['optimizer']} | {r['runs']} | {fmt(r['predicted_ratio'], '.3f')} / "
                      f"{fmt(r['predicted_ratio_last10pct'], '.3f')} | {fmt(r['score_size_corr'], '+.2f')} | "
                      f"{fmt(r['ht_factor_mean'], '.2f')} / {fmt(r['ht_factor_max'], '.1f')} | "
                      f"{fmt(100 * r['selected_numel_frac'], '.0f')} % | {fmt(r['empty_steps'], '.0f')} |")
