@@ -68,6 +68,46 @@ def test_differences_from_a_baseline_carry_their_welch_standard_error(tmp_path, 
     assert capsys.readouterr().err.strip() == f"error: --baseline hizoo: no run of that optimizer below {tmp_path}"
 
 
+def _write_curve(root, name, points, **summary):
+    """A run whose metrics.jsonl holds evaluation points (forward passes, dev loss, dev acc, test acc)."""
+    write_summary(root, name, test_acc=0.0, **{"select_by": "dev_loss", **summary})
+    lines = [{"step": fp // 2, "zo/forward_passes": fp, "eval/dev_loss": loss, "eval/dev_acc": dev,
+              "eval/test_loss": 0.5, "eval/test_acc": test} for fp, loss, dev, test in points]
+    lines.insert(1, {"step": 1, "train/loss": 0.7, "zo/forward_passes": 2})  # training lines carry no evaluation
+    (root / name / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+
+def test_runs_are_rescored_at_a_forward_pass_budget_from_their_curves(tmp_path, capsys):
+    # dev loss is lowest at 200 passes within a budget of 400, at 600 beyond it
+    _write_curve(tmp_path, "a", [(0, 0.9, 0.5, 0.50), (200, 0.6, 0.6, 0.61), (400, 0.7, 0.7, 0.72),
+                                 (600, 0.5, 0.8, 0.83)], optimizer="mezo", lr=1e-5, seed=0, status="preempted")
+    _write_curve(tmp_path, "b", [(0, 0.9, 0.5, 0.50), (200, 0.8, 0.6, 0.65)], optimizer="mezo", lr=1e-5, seed=1)
+    _write_curve(tmp_path, "c", [(0, 0.9, 0.5, 0.50), (400, 0.4, 0.9, 0.90)], optimizer="mezo", lr=1e-5, seed=2,
+                 select_by="dev_metric")
+    out = tmp_path / "t.md"
+    assert main([str(tmp_path), "--at-forward-passes", "400", "--markdown", str(out)]) == 0
+    # a (preempted later) counts with its 200-pass point; b stopped at 200: failed; c selects its best dev acc
+    assert "| sst2 | mezo | 1e-05 | 2 | 50.0 | 75.5 ± 20.5 | 75.0 | 0.50 |" in out.read_text()
+    assert main([str(tmp_path), "--at-forward-passes", "-1"]) == 2
+    assert capsys.readouterr().err.strip().startswith("error: --at-forward-passes -1:")
+
+
+def test_each_arm_keeps_the_lr_with_the_best_mean_dev(tmp_path):
+    for seed, (low, high) in enumerate(((0.6, 0.7), (0.7, 0.9))):
+        write_summary(tmp_path, f"m1{seed}", optimizer="mezo", lr=1e-5, seed=seed, test_acc=0.7, best={"dev_acc": low})
+        write_summary(tmp_path, f"m3{seed}", optimizer="mezo", lr=3e-5, seed=seed, test_acc=0.8, best={"dev_acc": high})
+        write_summary(tmp_path, f"c1{seed}", optimizer="curvzo", lr=1e-5, seed=seed, test_acc=0.6, best={"dev_acc": high})
+        write_summary(tmp_path, f"c3{seed}", optimizer="curvzo", lr=3e-5, seed=seed, test_acc=0.9, best={"dev_acc": low})
+    write_summary(tmp_path, "c3x", optimizer="curvzo", lr=3e-5, seed=9, test_acc=0.9, status="failed",
+                  best={"dev_acc": 1.0})  # a failed run's dev never chooses
+    out = tmp_path / "t.md"
+    assert main([str(tmp_path), "--lr-on-dev", "--baseline", "mezo", "--markdown", str(out)]) == 0
+    text = out.read_text()
+    assert "| sst2 | mezo | 3e-05 | 2 |" in text and "| sst2 | curvzo | 1e-05 | 2 |" in text
+    assert "| sst2 | mezo | 1e-05 |" not in text and "| sst2 | curvzo | 3e-05 |" not in text
+    assert "| sst2 | curvzo | -20.0 |" in text  # against MeZO at its own dev-chosen lr only
+
+
 def test_curvzo_diagnostics_average_each_runs_steps_then_the_runs(tmp_path, capsys):
     from curvzo.analysis.curvzo_diagnostics import main as diagnostics_main
 

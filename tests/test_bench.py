@@ -6,12 +6,14 @@ Speed is never asserted here (this machine is noisy); `make bench` measures it.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 
 import pytest
 import torch
 
 from curvzo.bench.__main__ import main as bench_main
+from curvzo.bench.gpu import CUDA_TEST_FILES
 from curvzo.bench.gpu import main as gpu_main
 from curvzo.bench.reference import ReferenceMeZO, reference_batch, reference_loss
 from curvzo.bench.report import compare, to_markdown, with_ratios
@@ -150,6 +152,13 @@ def test_the_gpu_bench_says_in_one_line_that_there_is_no_cuda(tmp_path, capsys):
     assert len(err) == 1 and err[0].startswith("error: bench-gpu needs a CUDA device") and not (tmp_path / "g").exists()
 
 
+def test_the_gpu_bench_runs_every_test_file_that_has_cuda_cases():
+    imports_devices = re.compile(r"^from tests\.helpers import .*\bDEVICES\b", re.MULTILINE)
+    uses_devices = sorted(str(path.relative_to(REPO_ROOT)) for path in (REPO_ROOT / "tests").glob("test_*.py")
+                          if imports_devices.search(path.read_text()))
+    assert uses_devices and sorted(CUDA_TEST_FILES) == uses_devices
+
+
 @pytest.mark.integration  # the whole bench end to end
 def test_bench_writes_json_and_table(tmp_path, shared_data_dir):
     out = tmp_path / "bench"
@@ -163,6 +172,19 @@ def test_bench_writes_json_and_table(tmp_path, shared_data_dir):
     assert mezo["forward_passes_per_step"] == 2 and mezo["batch_size"] == 16 and mezo["step_s"] > 0
     assert result["rows"][1]["sequences"] == 32 and mezo["sequences"] <= 32  # a sequence per candidate in the reference
     assert "| mezo | float32 | exact | 2 |" in (out / "bench.md").read_text()
+
+
+@pytest.mark.integration  # the whole bench end to end
+def test_the_in_process_bench_loads_once_and_keeps_a_failed_rows_neighbours(tmp_path, shared_data_dir, capsys):
+    out = tmp_path / "b"
+    code = bench_main(["--out", str(out), "--model", "tiny-opt", "--methods", "mezo,fo_adam,curvzo", "--repeats", "1",
+                       "--steps", "1", "--data-dir", str(shared_data_dir), "--in-process"])
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(errors) == 1 and errors[0].startswith("error: fo_adam: ValueError: ")
+    result = json.loads((out / "bench.json").read_text())
+    assert result["in_process"] is True and [r["method"] for r in result["rows"]] == ["inference", "mezo", "curvzo"]
+    assert all(r["forward_passes_per_step"] == 2 and r["step_s"] > 0 for r in result["rows"][1:])
+    assert "each dtype in one process" in (out / "bench.md").read_text()
 
 
 @pytest.mark.integration  # the whole bench end to end

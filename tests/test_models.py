@@ -143,6 +143,20 @@ def test_tiny_seed_fixes_weights_and_leaves_global_rng_alone():
     assert torch.equal(before, after)
 
 
+def test_a_tiny_model_off_the_cpu_is_drawn_on_its_device_not_copied_there(monkeypatch):
+    # the meta device stands in for a GPU: the weights must be created there, not on the CPU and moved
+    seen = []
+    build = transformers.AutoModelForCausalLM.from_config
+
+    def recording(config, **kwargs):
+        seen.append(torch.get_default_device().type)
+        return build(config, **kwargs)
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_config", recording)
+    lm = build_tiny_causal_lm(tiny_opt_config(), device="meta", seed=0)
+    build_tiny_causal_lm(tiny_opt_config(), device="cpu", seed=0)
+    assert seen == ["meta", "cpu"] and {p.device.type for p in lm.model.parameters()} == {"meta"}
+
+
 def test_tiny_config_is_checked_and_not_mutated():
     config = tiny_opt_config(vocab_size=100)
     with pytest.raises(ConfigError, match="vocab_size=100"):

@@ -3,6 +3,7 @@
     curvzo-results-table multirun/            # print the table
     curvzo-results-table multirun/ --csv results.csv --runs-csv runs.csv
     curvzo-results-table multirun/ --baseline mezo --markdown table.md   # + each arm minus MeZO, with its standard error
+    curvzo-results-table runs/ --at-forward-passes 1000   # each run re-selected from its curve up to 1000 passes
 
 One row per configuration (task, model, optimizer, peft, budget, lr, eps); scores are the
 task's metric (``metric``: acc, or f1 for SQuAD/DROP) in percent, as the papers report them. Only finished runs enter the aggregate; the others are
@@ -51,9 +52,41 @@ def load_runs(root: str | Path) -> pd.DataFrame:
             "peak_mem_gb": summary.get("peak_mem_gb"),
             "state_mb": _ratio(summary.get("optimizer_info", {}).get("state_bytes"), 2**20),
             "wall_time_s": summary.get("wall_time_s"),
+            "select_by": summary.get("select_by", "dev_loss"),
             "run_dir": str(path.parent),
         })
     return pd.DataFrame(rows)
+
+
+def at_forward_passes(runs: pd.DataFrame, budget: int) -> pd.DataFrame:
+    """The runs as if each had stopped at ``budget`` forward passes: dev selection (the run's ``select_by``) and its
+    test score re-read from the evaluation points in metrics.jsonl with at most ``budget`` passes. A run whose curve
+    reaches ``budget`` counts as finished, whatever ended it later (a deadline, a preemption); one that stopped short
+    counts as failed."""
+    rows = []
+    for _, run in runs.iterrows():
+        metric, points = run["metric"], []
+        with open(Path(run["run_dir"]) / "metrics.jsonl", encoding="utf-8") as lines:
+            for line in lines:
+                record = json.loads(line)
+                if f"eval/dev_{metric}" in record:
+                    points.append(record)
+        within = [p for p in points if (p.get("zo/forward_passes") or 0) <= budget]
+        reached = any((p.get("zo/forward_passes") or 0) >= budget for p in points)
+        row = run.to_dict()
+        if not within or not reached:
+            rows.append({**row, "status": f"stopped before {budget} passes", "test": None, "best_dev": None})
+            continue
+        if run["select_by"] == "last":
+            best = within[-1]
+        elif run["select_by"] == "dev_loss":
+            best = min(within, key=lambda p: p["eval/dev_loss"])
+        else:
+            best = max(within, key=lambda p: p[f"eval/dev_{metric}"])
+        rows.append({**row, "status": "finished", "test": _percent(best[f"eval/test_{metric}"]),
+                     "best_dev": _percent(best[f"eval/dev_{metric}"]), "selected_step": best["step"],
+                     "forward_passes": max(p.get("zo/forward_passes") or 0 for p in within)})
+    return pd.DataFrame(rows, columns=runs.columns)
 
 
 def _percent(value: float | None) -> float | None:
@@ -87,6 +120,17 @@ def _summarise(group: pd.DataFrame) -> pd.Series:
         "peak_mem_gb": done["peak_mem_gb"].mean(),
         "state_mb": done["state_mb"].mean(),
     })
+
+
+def best_lr_on_dev(table: pd.DataFrame, runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per arm (task, model, optimizer, objective, PEFT mode, budget, eps) only the lr with the highest mean dev score
+    over its finished seeds: the table's rows and the runs behind them."""
+    arm = ["task", "model", "optimizer", "train_objective", "peft", "budget", "eps"]
+    scored = table[table["seeds"] > 0]
+    kept = scored.loc[scored.groupby(arm, dropna=False)["best_dev"].idxmax()].reset_index(drop=True)
+    keys = arm + ["lr"]
+    chosen = runs.merge(kept[keys], on=keys, how="inner")
+    return kept, chosen
 
 
 def differences(table: pd.DataFrame, runs: pd.DataFrame, baseline: str) -> pd.DataFrame:
@@ -145,7 +189,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs-csv", help="write the per-run table here")
     parser.add_argument("--baseline", help="an optimizer: also report each other arm's test difference from it")
     parser.add_argument("--markdown", help="write the table (and the differences) here as markdown")
+    parser.add_argument("--at-forward-passes", type=int, metavar="N",
+                        help="score every run as if it had stopped at N forward passes (re-selected on dev from its "
+                             "metrics.jsonl); runs that reached N count, stopped or not")
+    parser.add_argument("--lr-on-dev", action="store_true",
+                        help="keep, per arm, only the lr with the best mean dev score (the table, the differences)")
     args = parser.parse_args(argv)
+    if args.at_forward_passes is not None and args.at_forward_passes < 0:
+        print(f"error: --at-forward-passes {args.at_forward_passes}: needs a number of passes >= 0", file=sys.stderr)
+        return 2
     if not Path(args.root).is_dir():
         print(f"error: {args.root}: no such directory", file=sys.stderr)
         return 2
@@ -153,7 +205,11 @@ def main(argv: list[str] | None = None) -> int:
     if runs.empty:
         print(f"error: no summary.json below {args.root}", file=sys.stderr)
         return 2
+    if args.at_forward_passes is not None:
+        runs = at_forward_passes(runs, args.at_forward_passes)
     table = aggregate(runs)
+    if args.lr_on_dev:
+        table, runs = best_lr_on_dev(table, runs)
     if args.baseline and args.baseline not in set(runs["optimizer"]):
         print(f"error: --baseline {args.baseline}: no run of that optimizer below {args.root}", file=sys.stderr)
         return 2

@@ -4,9 +4,12 @@
     python -m curvzo.bench --out outputs/bench --dtypes float32,bfloat16 --probes exact,inplace --methods mezo,curvzo
     python -m curvzo.bench --out outputs/bench-quick --model tiny-opt --methods reference,mezo,curvzo --repeats 2 --steps 2
     python -m curvzo.bench --out outputs/bench-new --compare outputs/bench/bench.json   # + the change against a run
+    python -m curvzo.bench --out outputs/bench-gpu --model opt-1.3b-random --in-process   # one process per dtype
 
 Every measurement (inference, the reference MeZO step, each optimizer) runs in a fresh process,
-one after another, on the same model and batch (:mod:`curvzo.bench.measure`); the results go to
+one after another, on the same model and batch (:mod:`curvzo.bench.measure`); ``--in-process`` runs
+each dtype's rows in one process instead, loading the model once (exact peaks on CUDA, where the
+allocator's counter resets per row; a start costs a GPU machine 15-25 s). The results go to
 ``OUT/bench.json`` and ``OUT/bench.md`` (and with ``--compare BASE.json``, ``OUT/compare.md``, also printed).
 A benchmark, not a test: nothing here asserts a speed.
 """
@@ -32,17 +35,27 @@ class BenchError(Exception):
     """A measurement process failed; the message is its last line of output."""
 
 
-def run_measurement(method: str, overrides: list[str], repeats: int, steps: int, probe: str | None = None) -> dict:
-    """Run :func:`curvzo.bench.measure.measure` in a child process and return its JSON."""
-    spec = json.dumps({"method": method, "overrides": overrides, "repeats": repeats, "steps": steps, "probe": probe})
-    proc = subprocess.run([sys.executable, "-m", "curvzo.bench.measure", spec], capture_output=True, text=True,
-                          check=False)
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+def _child(spec: dict, what: str):
+    """Run :mod:`curvzo.bench.measure` on ``spec`` in a child process and return its JSON line."""
+    proc = subprocess.run([sys.executable, "-m", "curvzo.bench.measure", json.dumps(spec)], capture_output=True,
+                          text=True, check=False)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith(("{", "["))]
     if proc.returncode != 0 or not lines:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         # the child speaks in config keys; the user of this command sets them through its flags
-        raise BenchError(f"{method}: {last.replace('set paths.data_dir', 'pass --data-dir')}")
+        raise BenchError(f"{what}: {last.replace('set paths.data_dir', 'pass --data-dir')}")
     return json.loads(lines[-1])
+
+
+def run_measurement(method: str, overrides: list[str], repeats: int, steps: int, probe: str | None = None) -> dict:
+    """Run :func:`curvzo.bench.measure.measure` in a child process and return its row."""
+    return _child({"method": method, "overrides": overrides, "repeats": repeats, "steps": steps, "probe": probe},
+                  method)
+
+
+def run_plan(plan: list[tuple[str, str | None]], overrides: list[str], repeats: int, steps: int) -> list[dict]:
+    """Run :func:`curvzo.bench.measure.measure_plan` (inference, then ``plan``) in one child process."""
+    return _child({"plan": plan, "overrides": overrides, "repeats": repeats, "steps": steps}, "inference")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -65,6 +78,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "(default exact)")
     parser.add_argument("--compare", type=Path, metavar="BASE.json",
                         help="an earlier bench.json: also write OUT/compare.md (and print it) with each row's change")
+    parser.add_argument("--in-process", action="store_true",
+                        help="measure each dtype's rows in one process, loading the model once (the GPU bench)")
     parser.add_argument("overrides", nargs="*", help="further config overrides, e.g. model.dtype=bfloat16")
     args = parser.parse_args(argv)
     if args.compare is not None:
@@ -99,6 +114,24 @@ def main(argv: list[str] | None = None) -> int:
     rows, failed = [], []
     for dtype in args.dtypes:  # each dtype is a full set of rows: its own inference yardstick
         these = [*overrides, f"model.dtype={dtype}"] if dtype else overrides
+        if args.in_process:
+            print(f"measuring {len(args.plan) + 1} rows in one process{f' [{dtype}]' if dtype else ''} ...",
+                  file=sys.stderr, flush=True)
+            try:
+                measured = run_plan(args.plan, these, args.repeats, args.steps)
+            except BenchError as err:
+                print(f"error: {err}", file=sys.stderr)
+                return 2
+            if "error" in measured[0]:  # every ratio needs the inference row
+                print(f"error: inference: {measured[0]['error']}", file=sys.stderr)
+                return 2
+            for row in measured:
+                if "error" in row:
+                    failed.append(f"{row['method']}: {row['error']}")
+                    print(f"error: {failed[-1]}", file=sys.stderr)
+                else:
+                    rows.append(row)
+            continue
         for method, probe in [("inference", None), *args.plan]:
             label = method + (f" ({probe})" if probe else "") + (f" [{dtype}]" if dtype else "")
             print(f"measuring {label} ...", file=sys.stderr, flush=True)
@@ -112,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"error: {err}", file=sys.stderr)  # the other methods are still measured
     command = " ".join(["python -m curvzo.bench", *(argv if argv is not None else sys.argv[1:])])
     result = {"machine": machine_info(), "command": command, "model": args.model, "task": args.task,
-              "batch_size": args.batch_size, "repeats": args.repeats, "steps": args.steps,
+              "batch_size": args.batch_size, "repeats": args.repeats, "steps": args.steps, "in_process": args.in_process,
               "overrides": overrides, "rows": with_ratios(rows), "failed": failed}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

@@ -1,8 +1,9 @@
 """One benchmark measurement, in a process of its own so that its peak memory is its own.
 
     python -m curvzo.bench.measure '{"method": "mezo", "overrides": ["model=tiny-opt", ...], ...}'
+    python -m curvzo.bench.measure '{"plan": [["mezo", "exact"], ...], "overrides": [...], ...}'   # in one process
 
-prints one JSON line. ``method`` is ``inference`` (forward passes only: the memory yardstick),
+prints one JSON line (a row, or with ``plan`` the list of rows). ``method`` is ``inference`` (forward passes only: the memory yardstick),
 ``reference`` (:class:`curvzo.bench.reference.ReferenceMeZO`) or an optimizer config name. The
 model, task, batch and optimizer come from the same config tree as ``curvzo-run``; the batch is
 the first one the training loop would draw. Times exclude tokenization (the batch is encoded
@@ -18,6 +19,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from hydra import compose, initialize_config_dir
@@ -57,34 +59,56 @@ def compose_config(overrides: list[str]):
         return compose("config", overrides=overrides)
 
 
-def measure(method: str, overrides: list[str], repeats: int = 3, steps: int = 3, probe: str | None = None) -> dict:
+class Setup(NamedTuple):
+    """What every row of one model and dtype shares: the config, the model and the training batch."""
+
+    cfg: object
+    task: object
+    examples: list
+    model: torch.nn.Module
+    tokenizer: object
+    device: torch.device
+
+
+def load(overrides: list[str]) -> Setup:
+    """The model, task and first training batch that ``curvzo-run`` would use with these overrides."""
+    cfg = compose_config([*overrides, "optimizer=mezo"])
+    task = instantiate(cfg.task, "task")
+    splits = load_splits(task, cfg.paths.data_dir, cfg.budget.num_train, cfg.budget.num_dev, cfg.budget.num_test,
+                         cfg.data_seed)
+    examples = next(training_batches(splits.train, cfg.budget.batch_size, cfg.seed))
+    loaded = instantiate(cfg.model, "model")
+    loaded.model.eval()  # ZO probes run without dropout, as in the training loop
+    return Setup(cfg, task, examples, loaded.model, loaded.tokenizer, loaded.device)
+
+
+def measure(method: str, overrides: list[str], repeats: int = 3, steps: int = 3, probe: str | None = None,
+            setup: Setup | None = None) -> dict:
     """Forward time, and for a training method step time and forward passes; peak memory throughout.
-    ``probe`` (``exact`` | ``inplace``) overrides the ZO optimizer's probe."""
+    ``probe`` (``exact`` | ``inplace``) overrides the ZO optimizer's probe. ``setup`` reuses a loaded model
+    (:func:`measure_plan`); its weights then carry the previous rows' steps, which a step's cost does not see."""
+    setup = setup or load(overrides)
+    model, tokenizer, device, examples = setup.model, setup.tokenizer, setup.device, setup.examples
     optimizer_name = "mezo" if method in ("inference", "reference") else method
     cfg = compose_config([*overrides, f"optimizer={optimizer_name}"])
     if probe and "probe" in cfg.optimizer:  # first-order optimizers have none: they are refused below
         cfg.optimizer.probe = probe
     if cfg.optimizer.get("lr", 0) is None:
         cfg.optimizer.lr = 1e-6  # no tuned lr for this model (e.g. the ablation arms); a step costs the same at any lr
-    task = instantiate(cfg.task, "task")
-    splits = load_splits(task, cfg.paths.data_dir, cfg.budget.num_train, cfg.budget.num_dev, cfg.budget.num_test,
-                         cfg.data_seed)
-    examples = next(training_batches(splits.train, cfg.budget.batch_size, cfg.seed))
-    loaded = instantiate(cfg.model, "model")
-    model, tokenizer, device = loaded.model, loaded.tokenizer, loaded.device
-    model.eval()  # ZO probes run without dropout, as in the training loop
     max_length = cfg.model.max_length
-    ours = task.objective.training_batch(examples, tokenizer, max_length).to(device)
+    ours = setup.task.objective.training_batch(examples, tokenizer, max_length).to(device)
     if method == "reference":
         batch, loss_fn = reference_batch(examples, tokenizer, max_length).to(device), reference_loss
     else:
-        batch, loss_fn = ours, task.objective.loss
+        batch, loss_fn = ours, setup.task.objective.loss
 
     def closure() -> torch.Tensor:
         with torch.inference_mode():
             return loss_fn(model, batch)
 
     gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
     reset_peak_memory()  # the window starts after loading: only forwards and steps count
     forward_times = timed(closure, repeats, device)
     result = {
@@ -127,9 +151,30 @@ def measure(method: str, overrides: list[str], repeats: int = 3, steps: int = 3,
     return result
 
 
+def measure_plan(plan: list[tuple[str, str | None]], overrides: list[str], repeats: int = 3,
+                 steps: int = 3) -> list[dict]:
+    """Every (method, probe) of ``plan`` after an inference row, on one model loaded once: the in-process bench.
+    On CUDA each row's peak is its own (the allocator's counter is reset and the last row's memory freed); on the
+    CPU the resident-set high-water mark also keeps what the allocator did not give back. A row that fails is
+    ``{"method": ..., "error": "<its last line>"}`` and the others still run."""
+    setup = load(overrides)
+    rows = []
+    for method, probe in [("inference", None), *plan]:
+        try:
+            rows.append(measure(method, overrides, repeats, steps, probe, setup=setup))
+        except Exception as err:  # noqa: BLE001 -- one failed method must not hide the others' rows
+            rows.append({"method": method, "probe": probe, "error": f"{type(err).__name__}: {err}"})
+        gc.collect()  # the row's optimizer and its state go before the next row's window opens
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     spec = json.loads((argv or sys.argv[1:])[0])
-    print(json.dumps(measure(**spec)))
+    if "plan" in spec:  # the in-process bench: one JSON line with every row
+        print(json.dumps(measure_plan([tuple(step) for step in spec["plan"]], spec["overrides"], spec["repeats"],
+                                      spec["steps"])))
+    else:
+        print(json.dumps(measure(**spec)))
     return 0
 
 

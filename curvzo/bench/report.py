@@ -184,7 +184,7 @@ def to_markdown(result: dict) -> str:
     caption = (f"Benchmark: {result['model']} ({first['device']}), {result['task']}, batch "
                f"{result['batch_size']} ({first['tokens']} tokens), median of {result['steps']} steps and "
                f"{result['repeats']} forward passes after a warm-up; peak memory: {first['peak_mem_kind']} "
-               f"after loading, one process per row.")
+               f"after loading, {'each dtype in one process' if result.get('in_process') else 'one process per row'}.")
     parts = [caption, "\n".join(lines), f"Machine: {where}; torch {machine['torch']}, Python {machine['python']}.",
              f"Command: `{result['command']}`"]
     if result.get("failed"):
