@@ -250,7 +250,9 @@ def test_state_is_one_vector_per_tensor_plus_momentum_for_matrices():
     assert opt.state[w1]["momentum_buffer"].shape == (16, 8)
     assert opt.state_bytes() == 4 * (8 + 16 + 16 + 1) + 4 * (128 + 16) == 740
     info = opt.describe()
-    assert info["state_bytes"] == 740 and info["forward_passes_per_step"] == 10 and info["rng_passes_per_step"] == 30
+    assert info["state_bytes"] == 740 and info["forward_passes_per_step"] == 10 and info["rng_passes_per_step"] == 20
+    # every tensor here is small enough for the exact probe to keep its u; in place, nothing is kept
+    assert LOREN(tiny_net().parameters(), lr=1e-3, probe="inplace").describe()["rng_passes_per_step"] == 40
 
     half = tiny_net(dtype=torch.bfloat16)
     opt = LOREN(half.parameters(), lr=1e-3, num_queries=2, state_dtype="param")
@@ -316,6 +318,35 @@ def test_replay_from_losses_reproduces_weights_and_state_bit_for_bit(form):
         assert opt.state[p].keys() == shell.state[q].keys()
         assert all(torch.equal(opt.state[p][k], shell.state[q][k]) for k in opt.state[p])
     assert (shell.forward_passes, shell.skipped_steps) == (opt.forward_passes, opt.skipped_steps) == (23, 1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("chunk", [None, 5])  # 5: pieces that split rows (head, full and tail segments)
+def test_the_exact_probe_draws_u_once_per_query_where_it_keeps_u_with_the_same_bits(dtype, chunk, monkeypatch):
+    original, drawn, runs = DirectionSampler._draw, [], []
+    for retain in (LOREN.retain_numel, 0):  # 0: every tensor streamed, u drawn for p and again for z
+        monkeypatch.setattr(LOREN, "retain_numel", retain)
+        net = tiny_net(dtype=dtype)
+        opt = LOREN(net.parameters(), lr=5e-2, num_queries=3, eps=1e-2, lr_cov=0.5, seed=9, cov_form="tied")
+        if chunk:
+            opt.directions = DirectionSampler(sub_chunk=chunk, span=2 * chunk)
+        count = [0]
+
+        def counting(self, piece, seed, count=count):
+            count[0] += piece.numel()
+            original(self, piece, seed)
+        monkeypatch.setattr(DirectionSampler, "_draw", counting)
+        for _ in range(3):
+            opt.step(net_loss(net))
+        monkeypatch.setattr(DirectionSampler, "_draw", original)
+        runs.append((net, opt))
+        drawn.append(count[0])
+    (kept, kept_opt), (streamed, streamed_opt) = runs
+    for p, q in zip(kept.parameters(), streamed.parameters()):
+        assert torch.equal(p, q)
+        assert all(torch.equal(kept_opt.state[p][k], streamed_opt.state[q][k]) for k in kept_opt.state[p])
+    numel = sum(p.numel() for p in kept.parameters())
+    assert drawn == [3 * 2 * 3 * numel, 3 * 3 * 3 * numel]  # steps x draws per query x K x weights
 
 
 @pytest.mark.parametrize("lr_cov,same", [(0.0, True), (1.0, False)])

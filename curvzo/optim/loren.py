@@ -28,7 +28,7 @@ from curvzo.optim.checks import (
     check_unit_interval,
     state_buffer,
 )
-from curvzo.optim.directions import give_buffer
+from curvzo.optim.directions import give_buffer, run_pieces, take_buffer
 from curvzo.optim.rounding import HALF
 from curvzo.optim.streams import Stream, query_seed, stream_seed
 
@@ -104,9 +104,14 @@ class LOREN(ZerothOrderOptimizer):
     ``momentum_buffer`` (float32, or the weights' dtype with ``state_dtype="param"``).
     Costs per step: K forward passes; 3K regenerations of u for ``cov_form="tied"`` (column sums of u,
     the probe, the update: streaming spans cannot know p = āᵀu before a span is drawn; the in-place
-    probe adds its restore, 4K) and one more per query for ``per_row`` (p = U a is recomputed before
-    the update pass because it cannot be cached in n floats).
+    probe adds its restore, 4K), 2K for the tensors the exact probe keeps u of (``retain_numel``: the
+    column sums come from the probe's own draw), and one more per query for ``per_row`` (p = U a is
+    recomputed before the update pass because it cannot be cached in n floats).
     """
+
+    #: the exact probe keeps u of a tensor up to this size (float32: 64 MB, an OPT-1.3B MLP matrix) so that the tied
+    #: form draws it once per query instead of twice; a bigger one (a vocabulary embedding) is drawn twice
+    retain_numel = 1 << 24
 
     def __init__(self, params: Any, lr: float, eps: float = 1e-3, num_queries: int = 10, damping: float = 0.1,
                  lr_cov: float = 1e-3, momentum: float = 0.9, weight_decay: float = 0.0, *, seed: int = 0,
@@ -147,16 +152,7 @@ class LOREN(ZerothOrderOptimizer):
         if self.cov_form == "tied":
             key = (k, block.index)
             if key not in colsums:
-                def column_sums(span: slice, u: torch.Tensor) -> torch.Tensor:
-                    part = torch.zeros(n, dtype=torch.float32, device=a.device)
-                    for seg, piece in _pieces(u, row_segments(span.start, span.stop, n), n):
-                        if seg.rows:
-                            part.add_(piece.sum(0))
-                        else:
-                            part[seg.col:seg.col + seg.hi - seg.lo].add_(piece)
-                    return part
-                colsums[key] = _ordered_sum(self.directions.for_each_piece(block.param, seed, block.index,
-                                                                           column_sums), n, a.device)
+                colsums[key], _ = self._column_sums(block, seed, a.device)
             colsum = colsums[key]
             p, s = torch.dot(a, colsum), m * torch.dot(a, a)
         else:
@@ -176,6 +172,22 @@ class LOREN(ZerothOrderOptimizer):
         root = torch.sqrt(damping + s)
         kappa = (math.sqrt(damping) + root) / (s * root)
         return Query(p, kappa, s, colsum)
+
+    def _column_sums(self, block: Block, seed: int, device: torch.device,
+                     into: torch.Tensor | None = None) -> tuple[torch.Tensor, list[slice]]:
+        """colsum(U) of query ``seed`` (added in piece order) and the pieces' spans; u is left in ``into`` if given."""
+        n = matrix_shape(block.param)[1]
+
+        def column_sums(span: slice, u: torch.Tensor) -> tuple[slice, torch.Tensor]:
+            part = torch.zeros(n, dtype=torch.float32, device=device)
+            for seg, piece in _pieces(u, row_segments(span.start, span.stop, n), n):
+                if seg.rows:
+                    part.add_(piece.sum(0))
+                else:
+                    part[seg.col:seg.col + seg.hi - seg.lo].add_(piece)
+            return span, part
+        pieces = self.directions.for_each_piece(block.param, seed, block.index, column_sums, into=into)
+        return _ordered_sum([part for _, part in pieces], n, device), [span for span, _ in pieces]
 
     @staticmethod
     def _to_z(u: torch.Tensor, segments: list[Segment], n: int, a: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
@@ -214,13 +226,9 @@ class LOREN(ZerothOrderOptimizer):
         if self.probe_mode == "exact":  # K independent passes (dealt over the ranks under query parallelism)
             closures = []
             for k in range(self.num_queries):
-                seed = query_seed(ctx.seed, k)
-                queries = {b.index: self._query(b, seed, self.state[b.param]["cov_factor"], colsums, k)
-                           for b in self._blocks}
-
-                def write(pairs: list, seed=seed, queries=queries) -> None:
+                def write(pairs: list, k=k) -> None:
                     for block, out in pairs:
-                        self._write_perturbed(block, seed, queries[block.index], out)
+                        self._write_perturbed(block, query_seed(ctx.seed, k), k, colsums, out)
                 closures.append(lambda write=write: self.prober.loss(ctx.closure, self._blocks, write))
             return self.evaluate_queries(closures, stop_at_nonfinite=True)
         losses: list[float] = []
@@ -237,9 +245,14 @@ class LOREN(ZerothOrderOptimizer):
                 break
         return losses
 
-    def _write_perturbed(self, block: Block, seed: int, q: Query, out: torch.Tensor) -> None:
-        """out ← θ + εz (float32 math, one rounding to the weight dtype)."""
+    def _write_perturbed(self, block: Block, seed: int, k: int, colsums: dict, out: torch.Tensor) -> None:
+        """out ← θ + εz_k (float32 math, one rounding to the weight dtype).
+
+        Tied form, column sums not yet known, tensor of at most ``retain_numel`` elements: u is drawn once into a
+        kept buffer, which gives colsum(U), hence p, and then z, piece by piece with the same arithmetic as the
+        streamed path (the same bits; ``tests/test_loren.py``). Otherwise u is drawn twice: for p, then for z."""
         stored, eps = block.param.data.view(-1), block.group["eps"]
+        a = self.state[block.param]["cov_factor"]
 
         def piece(span: slice, z: torch.Tensor) -> None:
             if stored.dtype not in HALF:  # float32 (z drawn straight into the scratch), float64
@@ -249,6 +262,23 @@ class LOREN(ZerothOrderOptimizer):
             out[span].copy_(work.add_(z, alpha=eps))
             give_buffer(work)
 
+        numel = stored.numel()
+        if self.cov_form == "tied" and (k, block.index) not in colsums and numel <= self.retain_numel:
+            u = out if stored.dtype == torch.float32 else take_buffer(stored.device, numel)[:numel]
+            try:
+                colsums[(k, block.index)], spans = self._column_sums(block, seed, a.device, into=u)
+                q = self._query(block, seed, a, colsums, k)  # the column sums are known now: no draw
+                n, coef = matrix_shape(block.param)[1], q.kappa * q.p
+
+                def from_kept(i: int) -> None:
+                    span = spans[i]
+                    piece(span, self._to_z(u[span], row_segments(span.start, span.stop, n), n, a, coef))
+                run_pieces(from_kept, len(spans), self.directions.workers if stored.device.type == "cpu" else 1)
+            finally:
+                if u is not out:
+                    give_buffer(u)
+            return
+        q = self._query(block, seed, a, colsums, k)
         self._z_pieces(block, seed, q, piece, into=out if stored.dtype == torch.float32 else None)
 
     def _shift(self, block: Block, seed: int, q: Query, alpha: float) -> None:
@@ -380,6 +410,10 @@ class LOREN(ZerothOrderOptimizer):
     def describe(self) -> dict[str, Any]:
         """State size plus the per-step costs (K forward passes and the regenerations of u)."""
         passes = (3 if self.cov_form == "tied" else 4) + (self.probe_mode == "inplace")
+        if self.cov_form == "tied" and self.probe_mode == "exact":  # kept tensors: one draw fewer per query
+            numel = sum(b.param.numel() for b in self._blocks)
+            kept = sum(b.param.numel() for b in self._blocks if b.param.numel() <= self.retain_numel)
+            passes -= kept / numel if numel else 0
         return {**super().describe(), "forward_passes_per_step": self.num_queries,
-                "rng_passes_per_step": passes * self.num_queries, "cov_form": self.cov_form,
+                "rng_passes_per_step": round(passes * self.num_queries, 3), "cov_form": self.cov_form,
                 "cov_update": self.cov_update}
