@@ -21,6 +21,17 @@ def test_pack_and_unpack_round_trip_at_one_bit_per_entry(numel):
     assert torch.equal(unpack_bits(packed, numel), mask)
 
 
+@pytest.mark.parametrize("start,stop", [(0, 1003), (8, 64), (3, 11), (5, 6), (996, 1003)])
+def test_masking_a_span_is_the_product_with_the_unpacked_mask_bit_for_bit(start, stop):
+    theta = torch.nn.Parameter(torch.randn(1003, generator=torch.Generator().manual_seed(5)))
+    opt = SparseMeZO([theta], lr=0.01, keep=0.3)
+    mask = unpack_bits(opt.state[theta]["mask"], 1003)
+    z = torch.randn(stop - start, generator=torch.Generator().manual_seed(6))
+    expected = z * mask[start:stop]  # masked entries become a zero with z's sign, as before
+    masked = opt.transform(None, opt.blocks[0], slice(start, stop), z.clone())
+    assert torch.equal(masked, expected) and torch.equal(masked.signbit(), expected.signbit())
+
+
 def test_threshold_keeps_the_requested_fraction_of_small_magnitudes():
     values = torch.randn(1000, generator=torch.Generator().manual_seed(0))
     h = magnitude_threshold(values, 0.25)
