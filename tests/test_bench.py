@@ -82,15 +82,19 @@ def _markdown(rows: list[dict]) -> str:
 
 
 def test_ratios_and_targets_in_the_report():
-    rows = with_ratios([_row("inference", 0.5, 1.0), _row("reference", 0.6, 1.5, 3.0, 2),
-                        _row("mezo", 0.5, 1.05, 1.2, 2), _row("curvzo", 0.5, 1.2, 1.3, 2)])
+    rows = with_ratios([{**_row("inference", 0.5, 1.0), "draw_s": 0.05}, _row("reference", 0.6, 1.5, 3.0, 2),
+                        {**_row("mezo", 0.5, 1.05, 1.2, 2), "z_draws_per_step": 3.0},
+                        _row("curvzo", 0.5, 1.2, 1.3, 2)])
     by = {r["method"]: r for r in rows}
     assert by["mezo"]["overhead"] == pytest.approx(1.2) and by["mezo"]["speedup_vs_reference"] == pytest.approx(2.5)
+    # the floor: two passes of 0.5 s and three draws of 0.05 s, nothing else: 1.15 s, 1.15x the passes
+    assert by["mezo"]["overhead_floor"] == pytest.approx(1.15) and "overhead_floor" not in by["curvzo"]
     assert by["mezo"]["memory_ratio"] == pytest.approx(1.05) and by["mezo"]["tokens_per_s"] == pytest.approx(200 / 1.2)
     assert by["inference"]["tokens_per_s"] == pytest.approx(200)
     text = _markdown(rows)
-    assert "| mezo | float32 | exact | 2 | 0.500 | 1.200 | 1.20 | 1.30 | 1.05 | 0.000 | 1.05 | 1.10 | yes | 167 | 2.50 | — |" \
-        in text
+    assert ("| mezo | float32 | exact | 2 | 0.500 | 1.200 | 1.20 | 1.30 | 3 | 1.15 | 1.05 | 0.000 | 1.05 | 1.10 | yes | "
+            "167 | 2.50 | — |") in text
+    assert "one Gaussian draw over every weight took 0.050 s (float32 row)" in text
     assert "[float32] MeZO step vs reference step: 2.50x faster (goal >= 2.5x): met" in text
     assert "[float32] MeZO step / (2 x forward): 1.20 (goal <= 1.3 on cpu): met" in text
     assert "CurvZO step 1.300 s vs MeZO 1.200 s (goal: never slower): **not met**" in text
@@ -170,6 +174,8 @@ def test_bench_writes_json_and_table(tmp_path, shared_data_dir):
                                                                     ("mezo", "exact"), ("mezo", "inplace")]
     mezo = result["rows"][2]
     assert mezo["forward_passes_per_step"] == 2 and mezo["batch_size"] == 16 and mezo["step_s"] > 0
+    assert mezo["z_draws_per_step"] == 3 and result["rows"][0]["draw_s"] > 0  # MeZO: two probes and the update
+    assert "z_draws_per_step" not in result["rows"][1]  # the reference draws with its own generator
     assert result["rows"][1]["sequences"] == 32 and mezo["sequences"] <= 32  # a sequence per candidate in the reference
     assert "| mezo | float32 | exact | 2 |" in (out / "bench.md").read_text()
 

@@ -28,6 +28,7 @@ from curvzo.bench.reference import ReferenceMeZO, reference_batch, reference_los
 from curvzo.data import load_splits
 from curvzo.job import optimizer_kwargs, prepare_optimizer, trains
 from curvzo.optim.base import ZerothOrderOptimizer
+from curvzo.optim.directions import DirectionSampler, default_workers
 from curvzo.peft_modes import parameter_groups
 from curvzo.run import CONFIG_DIR
 from curvzo.train import training_batches
@@ -57,6 +58,29 @@ def compose_config(overrides: list[str]):
     """The job config ``curvzo-run`` would build from these overrides (no Hydra run directory)."""
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         return compose("config", overrides=overrides)
+
+
+def draw_everything(model: torch.nn.Module) -> None:
+    """One Gaussian z over every weight of ``model``, drawn as a ZO step draws it (pieces on the drawing threads,
+    float32, into reused buffers): the floor under every pass over the weights that a step makes."""
+    sampler = DirectionSampler("gaussian", default_workers())
+    for index, param in enumerate(model.parameters()):
+        sampler.for_each_piece(param, 0, index, lambda span, z: None)
+
+
+def count_draws(optimizer) -> list[int]:
+    """A list that gets the size of every piece of z the optimizer draws from now on (a list append is atomic
+    across the drawing threads)."""
+    sizes: list[int] = []
+    sampler = getattr(optimizer, "directions", None)
+    if isinstance(sampler, DirectionSampler):
+        draw = sampler._draw
+
+        def counting(piece: torch.Tensor, seed: int) -> None:
+            sizes.append(piece.numel())
+            draw(piece, seed)
+        sampler._draw = counting
+    return sizes
 
 
 class Setup(NamedTuple):
@@ -123,7 +147,9 @@ def measure(method: str, overrides: list[str], repeats: int = 3, steps: int = 3,
         "forward_s": statistics.median(forward_times),
         "forward_times_s": forward_times,
     }
-    if method != "inference":
+    if method == "inference":
+        result["draw_s"] = statistics.median(timed(lambda: draw_everything(model), repeats, device))
+    else:
         if method == "reference":
             lr = float(cfg.optimizer.lr)
             optimizer = ReferenceMeZO(model.parameters(), lr=lr, eps=float(cfg.optimizer.eps), seed=cfg.seed)
@@ -138,7 +164,12 @@ def measure(method: str, overrides: list[str], repeats: int = 3, steps: int = 3,
             if optimizer.uses_extra_batches:
                 optimizer.set_extra_batches(itertools.repeat(closure))  # DiZO's projection batches: the same batch
         passes_before = optimizer.forward_passes
+        drawn = count_draws(optimizer)
         step_times = timed(lambda: optimizer.step(closure), steps, device)
+        if isinstance(optimizer, ZerothOrderOptimizer):  # the reference draws with its own generator: not counted
+            numel = sum(block.param.numel() for block in optimizer.blocks)
+            # elements of z drawn per step, in whole passes over the trained weights
+            result["z_draws_per_step"] = sum(drawn) / (steps + 1) / numel if numel else 0.0
         result.update({
             # the method's declared state (float32 whatever the model dtype): what its peak may add to inference
             "state_bytes": optimizer.state_bytes() if isinstance(optimizer, ZerothOrderOptimizer) else 0,

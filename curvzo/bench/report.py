@@ -70,6 +70,9 @@ def with_ratios(rows: list[dict]) -> list[dict]:
         if "step_s" in row:
             passes = row["forward_passes_per_step"]
             row["overhead"] = row["step_s"] / (passes * row["forward_s"])
+            draw_s = inference[row["dtype"]].get("draw_s")
+            if draw_s is not None and row.get("z_draws_per_step"):  # the passes plus the draws of z, nothing else
+                row["overhead_floor"] = 1.0 + row["z_draws_per_step"] * draw_s / (passes * row["forward_s"])
             if row["method"] != "reference":  # the per-method goals (issue 21)
                 row["overhead_goal"] = overhead_goal(row["method"], row["device"])
                 row["memory_goal"] = memory_goal(row, inference[row["dtype"]]["peak_mem_gb"])
@@ -159,6 +162,7 @@ def to_markdown(result: dict) -> str:
     machine = result["machine"]
     where = machine["gpu"] or f"{machine['cpu']}, {machine['cores']} cores, {machine['torch_threads']} torch threads"
     header = ["method", "dtype", "probe", "passes/step", "forward s", "step s", "step / (passes x forward)", "goal",
+              "z draws/step", "floor",
               "peak GB", "state GB", "peak / inference", "goal", "met", "tokens/s", "vs reference", "vs float32"]
     lines = ["| " + " | ".join(header) + " |", "| --- | --- | --- |" + " ---: |" * (len(header) - 3)]
     for r in result["rows"]:
@@ -171,6 +175,8 @@ def to_markdown(result: dict) -> str:
             _fmt(r.get("step_s"), ".3f"),
             _fmt(r.get("overhead"), ".2f"),
             _fmt(r.get("overhead_goal"), ".2f"),
+            _fmt(r.get("z_draws_per_step"), ".2g"),
+            _fmt(r.get("overhead_floor"), ".2f"),
             _fmt(r["peak_mem_gb"], ".2f"),
             _fmt(r["state_bytes"] / 2**30 if "state_bytes" in r else None, ".3f"),
             _fmt(r["memory_ratio"], ".2f"),
@@ -195,6 +201,11 @@ def to_markdown(result: dict) -> str:
                      f"both; step / (passes x forward) <= the goal column (1.3, LOREN 1.5; MeZO and CurvZO 1.1 on "
                      f"CUDA); peak / inference <= 1 + state / inference + {MEMORY_SLACK:.0%}"
                      f" (MeZO and CurvZO at most 1.05 on CUDA).")
+    if any("overhead_floor" in r for r in result["rows"]):
+        draws = {r["dtype"]: r["draw_s"] for r in result["rows"] if r.get("draw_s") is not None}
+        parts.append("Floor: what the step would cost if it did nothing but its forward passes and its draws of z, "
+                     "(passes x forward + z draws x one draw) / (passes x forward); one Gaussian draw over every "
+                     "weight took " + ", ".join(f"{d:.3f} s ({dtype} row)" for dtype, d in draws.items()) + ".")
     targets = _targets(result)
     if targets:
         parts.append("Targets:\n" + "\n".join(targets))
