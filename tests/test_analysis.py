@@ -55,6 +55,28 @@ def test_cli_writes_csv_and_refuses_an_empty_directory(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == f"error: no summary.json below {tmp_path / 'empty'}"
 
 
+def test_a_committed_runs_csv_counts_with_new_run_directories(tmp_path, capsys):
+    write_summary(tmp_path / "old", "0", optimizer="mezo", lr=1e-6, seed=0, test_acc=0.80)
+    write_summary(tmp_path / "old", "1", optimizer="mezo", lr=1e-6, seed=1, test_acc=0.60)
+    assert main([str(tmp_path / "old"), "--runs-csv", str(tmp_path / "runs.csv")]) == 0
+    write_summary(tmp_path / "new", "2", optimizer="mezo", lr=1e-6, seed=2, test_acc=0.70)
+    out = tmp_path / "t.md"
+    # the old directories are gone; their rows come from the csv, and a directory named twice counts once
+    for path in (tmp_path / "old").rglob("summary.json"):
+        path.unlink()
+    assert main([str(tmp_path / "runs.csv"), str(tmp_path / "new"), str(tmp_path / "new"), "--markdown", str(out)]) == 0
+    assert "| sst2 | mezo | 1e-06 | 3 | 50.0 | 70.0 ± 10.0 |" in out.read_text()
+    (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(SystemExit, match="not a runs.csv written by --runs-csv"):
+        main([str(tmp_path / "bad.csv")])
+    assert main([str(tmp_path / "nowhere")]) == 2
+    assert capsys.readouterr().err.strip().endswith("nowhere: no such directory or runs.csv")
+    assert main([str(tmp_path / "runs.csv"), str(tmp_path / "new"), "--seeds", "0,2", "--markdown", str(out)]) == 0
+    assert "| sst2 | mezo | 1e-06 | 2 | 50.0 | 75.0 ± 7.1 |" in out.read_text()  # seeds 0 and 2: 80 and 70
+    assert main([str(tmp_path / "new"), "--seeds", "x"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --seeds x: needs comma-separated integers"
+
+
 def test_differences_from_a_baseline_carry_their_welch_standard_error(tmp_path, capsys):
     for seed, (m, c) in enumerate(((0.60, 0.70), (0.70, 0.80), (0.80, 0.75))):
         write_summary(tmp_path, f"m{seed}", optimizer="mezo", lr=1e-4, seed=seed, test_acc=m)

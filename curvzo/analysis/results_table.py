@@ -4,6 +4,7 @@
     curvzo-results-table multirun/ --csv results.csv --runs-csv runs.csv
     curvzo-results-table multirun/ --baseline mezo --markdown table.md   # + each arm minus MeZO, with its standard error
     curvzo-results-table runs/ --at-forward-passes 1000   # each run re-selected from its curve up to 1000 passes
+    curvzo-results-table analysis/results/x/runs.csv multirun/   # committed runs together with new ones
 
 One row per configuration (task, model, optimizer, peft, budget, lr, eps); scores are the
 task's metric (``metric``: acc, or f1 for SQuAD/DROP) in percent, as the papers report them. Only finished runs enter the aggregate; the others are
@@ -24,6 +25,26 @@ import pandas as pd
 
 # train_objective keeps runs trained on the loss and on the metric itself apart (task.train_objective)
 CONFIG_COLUMNS = ["task", "metric", "model", "optimizer", "train_objective", "peft", "budget", "lr", "eps"]
+
+
+def load_runs_from(roots: list[str]) -> pd.DataFrame:
+    """The runs of every root: a directory (its summary.json files) or a runs.csv written by ``--runs-csv``
+    (committed evidence whose run directories are gone); a run directory named twice counts once."""
+    frames = []
+    for root in roots:
+        if Path(root).is_file():
+            try:
+                frames.append(pd.read_csv(root))
+            except (OSError, ValueError) as err:
+                raise SystemExit(f"error: {root}: not a runs.csv ({err})") from None
+            missing = {"run_dir", "status", "test", *CONFIG_COLUMNS} - set(frames[-1].columns)
+            if missing:
+                raise SystemExit(f"error: {root}: not a runs.csv written by --runs-csv (no {', '.join(sorted(missing))})")
+        else:
+            frames.append(load_runs(root))
+    runs = pd.concat([f for f in frames if not f.empty], ignore_index=True) if any(not f.empty for f in frames) \
+        else pd.DataFrame()
+    return runs.drop_duplicates("run_dir", keep="last").reset_index(drop=True) if not runs.empty else runs
 
 
 def load_runs(root: str | Path) -> pd.DataFrame:
@@ -65,8 +86,10 @@ def at_forward_passes(runs: pd.DataFrame, budget: int) -> pd.DataFrame:
     counts as failed."""
     rows = []
     for _, run in runs.iterrows():
-        metric, points = run["metric"], []
-        with open(Path(run["run_dir"]) / "metrics.jsonl", encoding="utf-8") as lines:
+        metric, points, curve = run["metric"], [], Path(run["run_dir"]) / "metrics.jsonl"
+        if not curve.is_file():
+            raise SystemExit(f"error: {curve}: not found (--at-forward-passes reads every run's curve)")
+        with open(curve, encoding="utf-8") as lines:
             for line in lines:
                 record = json.loads(line)
                 if f"eval/dev_{metric}" in record:
@@ -77,9 +100,12 @@ def at_forward_passes(runs: pd.DataFrame, budget: int) -> pd.DataFrame:
         if not within or not reached:
             rows.append({**row, "status": f"stopped before {budget} passes", "test": None, "best_dev": None})
             continue
-        if run["select_by"] == "last":
+        select_by = run.get("select_by", "dev_loss")
+        if not isinstance(select_by, str):  # a runs.csv from before the column: MeZO's dev loss
+            select_by = "dev_loss"
+        if select_by == "last":
             best = within[-1]
-        elif run["select_by"] == "dev_loss":
+        elif select_by == "dev_loss":
             best = min(within, key=lambda p: p["eval/dev_loss"])
         else:
             best = max(within, key=lambda p: p[f"eval/dev_{metric}"])
@@ -184,7 +210,9 @@ def _markdown(table: pd.DataFrame, diffs: pd.DataFrame | None, baseline: str | N
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("root", help="directory searched recursively for summary.json (e.g. multirun/)")
+    parser.add_argument("roots", nargs="+", metavar="root",
+                        help="directory searched recursively for summary.json (e.g. multirun/), or a runs.csv that "
+                             "--runs-csv wrote (runs whose directories are gone)")
     parser.add_argument("--csv", help="write the aggregated table here")
     parser.add_argument("--runs-csv", help="write the per-run table here")
     parser.add_argument("--baseline", help="an optimizer: also report each other arm's test difference from it")
@@ -192,26 +220,39 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--at-forward-passes", type=int, metavar="N",
                         help="score every run as if it had stopped at N forward passes (re-selected on dev from its "
                              "metrics.jsonl); runs that reached N count, stopped or not")
+    parser.add_argument("--seeds", help="comma-separated seeds: only these runs (e.g. 0 for an lr grid run at seed 0)")
     parser.add_argument("--lr-on-dev", action="store_true",
                         help="keep, per arm, only the lr with the best mean dev score (the table, the differences)")
     args = parser.parse_args(argv)
     if args.at_forward_passes is not None and args.at_forward_passes < 0:
         print(f"error: --at-forward-passes {args.at_forward_passes}: needs a number of passes >= 0", file=sys.stderr)
         return 2
-    if not Path(args.root).is_dir():
-        print(f"error: {args.root}: no such directory", file=sys.stderr)
-        return 2
-    runs = load_runs(args.root)
+    for root in args.roots:
+        if not Path(root).exists():
+            print(f"error: {root}: no such directory or runs.csv", file=sys.stderr)
+            return 2
+    runs = load_runs_from(args.roots)
+    where = " or ".join(args.roots)
     if runs.empty:
-        print(f"error: no summary.json below {args.root}", file=sys.stderr)
+        print(f"error: no summary.json below {where}", file=sys.stderr)
         return 2
+    if args.seeds:
+        try:
+            seeds = {int(seed) for seed in args.seeds.split(",")}
+        except ValueError:
+            print(f"error: --seeds {args.seeds}: needs comma-separated integers", file=sys.stderr)
+            return 2
+        runs = runs[runs["seed"].isin(seeds)].reset_index(drop=True)
+        if runs.empty:
+            print(f"error: no run of seed {args.seeds} below {where}", file=sys.stderr)
+            return 2
     if args.at_forward_passes is not None:
         runs = at_forward_passes(runs, args.at_forward_passes)
     table = aggregate(runs)
     if args.lr_on_dev:
         table, runs = best_lr_on_dev(table, runs)
     if args.baseline and args.baseline not in set(runs["optimizer"]):
-        print(f"error: --baseline {args.baseline}: no run of that optimizer below {args.root}", file=sys.stderr)
+        print(f"error: --baseline {args.baseline}: no run of that optimizer below {where}", file=sys.stderr)
         return 2
     diffs = differences(table, runs, args.baseline) if args.baseline else None
     if args.markdown:
