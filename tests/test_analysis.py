@@ -128,6 +128,14 @@ def test_each_arm_keeps_the_lr_with_the_best_mean_dev(tmp_path):
     assert "| sst2 | mezo | 3e-05 | 2 |" in text and "| sst2 | curvzo | 1e-05 | 2 |" in text
     assert "| sst2 | mezo | 1e-05 |" not in text and "| sst2 | curvzo | 3e-05 |" not in text
     assert "| sst2 | curvzo | -20.0 |" in text  # against MeZO at its own dev-chosen lr only
+    # seed 0 decides, and every seed of the chosen lr counts: a new lr that ties MeZO's 3e-5 at seed 0 (70) loses to
+    # the lr with more seeds; a new lr better at seed 0 than curvzo's 1e-5 (70) wins with its one seed
+    write_summary(tmp_path, "m2-0", optimizer="mezo", lr=2e-5, seed=0, test_acc=0.5, best={"dev_acc": 0.7})
+    write_summary(tmp_path, "c2-0", optimizer="curvzo", lr=2e-5, seed=0, test_acc=0.5, best={"dev_acc": 0.75})
+    assert main([str(tmp_path), "--lr-on-dev", "0", "--markdown", str(out)]) == 0
+    text = out.read_text()
+    assert "| sst2 | mezo | 3e-05 | 2 |" in text and "| sst2 | curvzo | 2e-05 | 1 |" in text
+    assert main([str(tmp_path), "--lr-on-dev", "zero"]) == 2
 
 
 def test_curvzo_diagnostics_average_each_runs_steps_then_the_runs(tmp_path, capsys):

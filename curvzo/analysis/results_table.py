@@ -148,13 +148,19 @@ def _summarise(group: pd.DataFrame) -> pd.Series:
     })
 
 
-def best_lr_on_dev(table: pd.DataFrame, runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+def best_lr_on_dev(table: pd.DataFrame, runs: pd.DataFrame, seeds: set[int] | None = None) -> tuple[pd.DataFrame,
+                                                                                                 pd.DataFrame]:
     """Per arm (task, model, optimizer, objective, PEFT mode, budget, eps) only the lr with the highest mean dev score
-    over its finished seeds: the table's rows and the runs behind them."""
+    over its finished runs of ``seeds`` (all seeds when None): the table's rows and the runs behind them. A tie goes
+    to the lr with more finished seeds (the one already replicated)."""
     arm = ["task", "model", "optimizer", "train_objective", "peft", "budget", "eps"]
-    scored = table[table["seeds"] > 0]
-    kept = scored.loc[scored.groupby(arm, dropna=False)["best_dev"].idxmax()].reset_index(drop=True)
     keys = arm + ["lr"]
+    done = runs[runs["status"] == "finished"]
+    deciding = done if seeds is None else done[done["seed"].isin(seeds)]
+    dev = deciding.groupby(keys, dropna=False)["best_dev"].mean().rename("deciding_dev").reset_index()
+    scored = table[table["seeds"] > 0].merge(dev, on=keys, how="inner")
+    scored = scored.sort_values(["deciding_dev", "seeds"], ascending=False, kind="stable")
+    kept = scored.drop_duplicates(arm).drop(columns="deciding_dev").sort_values(keys).reset_index(drop=True)
     chosen = runs.merge(kept[keys], on=keys, how="inner")
     return kept, chosen
 
@@ -221,8 +227,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="score every run as if it had stopped at N forward passes (re-selected on dev from its "
                              "metrics.jsonl); runs that reached N count, stopped or not")
     parser.add_argument("--seeds", help="comma-separated seeds: only these runs (e.g. 0 for an lr grid run at seed 0)")
-    parser.add_argument("--lr-on-dev", action="store_true",
-                        help="keep, per arm, only the lr with the best mean dev score (the table, the differences)")
+    parser.add_argument("--lr-on-dev", nargs="?", const="all", metavar="SEEDS",
+                        help="keep, per arm, only the lr with the best mean dev score (the table, the differences); "
+                             "with SEEDS (e.g. 0) only those seeds' dev decides, and every seed of the chosen lr counts")
     args = parser.parse_args(argv)
     if args.at_forward_passes is not None and args.at_forward_passes < 0:
         print(f"error: --at-forward-passes {args.at_forward_passes}: needs a number of passes >= 0", file=sys.stderr)
@@ -250,7 +257,12 @@ def main(argv: list[str] | None = None) -> int:
         runs = at_forward_passes(runs, args.at_forward_passes)
     table = aggregate(runs)
     if args.lr_on_dev:
-        table, runs = best_lr_on_dev(table, runs)
+        try:
+            deciding = None if args.lr_on_dev == "all" else {int(seed) for seed in args.lr_on_dev.split(",")}
+        except ValueError:
+            print(f"error: --lr-on-dev {args.lr_on_dev}: needs comma-separated seeds (or nothing)", file=sys.stderr)
+            return 2
+        table, runs = best_lr_on_dev(table, runs, deciding)
     if args.baseline and args.baseline not in set(runs["optimizer"]):
         print(f"error: --baseline {args.baseline}: no run of that optimizer below {where}", file=sys.stderr)
         return 2
