@@ -12,13 +12,14 @@ once) and are medians over repeats, after one warm-up call.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import itertools
 import json
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
 import torch
@@ -68,19 +69,21 @@ def draw_everything(model: torch.nn.Module) -> None:
         sampler.for_each_piece(param, 0, index, lambda span, z: None)
 
 
-def count_draws(optimizer) -> list[int]:
-    """A list that gets the size of every piece of z the optimizer draws from now on (a list append is atomic
-    across the drawing threads)."""
+@contextlib.contextmanager
+def counting_draws() -> Iterator[list[int]]:
+    """A list that gets the size of every piece of z drawn (by any :class:`DirectionSampler`) inside the block;
+    a list append is atomic across the drawing threads."""
     sizes: list[int] = []
-    sampler = getattr(optimizer, "directions", None)
-    if isinstance(sampler, DirectionSampler):
-        draw = sampler._draw
+    draw = DirectionSampler._draw
 
-        def counting(piece: torch.Tensor, seed: int) -> None:
-            sizes.append(piece.numel())
-            draw(piece, seed)
-        sampler._draw = counting
-    return sizes
+    def counting(sampler: DirectionSampler, piece: torch.Tensor, seed: int) -> None:
+        sizes.append(piece.numel())
+        draw(sampler, piece, seed)
+    DirectionSampler._draw = counting
+    try:
+        yield sizes
+    finally:
+        DirectionSampler._draw = draw
 
 
 class Setup(NamedTuple):
@@ -164,10 +167,10 @@ def measure(method: str, overrides: list[str], repeats: int = 3, steps: int = 3,
             if optimizer.uses_extra_batches:
                 optimizer.set_extra_batches(itertools.repeat(closure))  # DiZO's projection batches: the same batch
         passes_before = optimizer.forward_passes
-        drawn = count_draws(optimizer)
-        step_times = timed(lambda: optimizer.step(closure), steps, device)
+        with counting_draws() as drawn:
+            step_times = timed(lambda: optimizer.step(closure), steps, device)
         if isinstance(optimizer, ZerothOrderOptimizer):  # the reference draws with its own generator: not counted
-            numel = sum(block.param.numel() for block in optimizer.blocks)
+            numel = sum(p.numel() for group in optimizer.param_groups for p in group["params"])
             # elements of z drawn per step, in whole passes over the trained weights
             result["z_draws_per_step"] = sum(drawn) / (steps + 1) / numel if numel else 0.0
         result.update({
