@@ -152,7 +152,7 @@ def best_lr_on_dev(table: pd.DataFrame, runs: pd.DataFrame, seeds: set[int] | No
                                                                                                  pd.DataFrame]:
     """Per arm (task, model, optimizer, objective, PEFT mode, budget, eps) only the lr with the highest mean dev score
     over its finished runs of ``seeds`` (all seeds when None): the table's rows and the runs behind them. A tie goes
-    to the lr with more finished seeds (the one already replicated)."""
+    to the lr with more finished seeds (the one already replicated), then to the smaller lr."""
     arm = ["task", "model", "optimizer", "train_objective", "peft", "budget", "eps"]
     keys = arm + ["lr"]
     done = runs[runs["status"] == "finished"]
@@ -229,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", help="comma-separated seeds: only these runs (e.g. 0 for an lr grid run at seed 0)")
     parser.add_argument("--lr-on-dev", nargs="?", const="all", metavar="SEEDS",
                         help="keep, per arm, only the lr with the best mean dev score (the table, the differences); "
-                             "with SEEDS (e.g. 0) only those seeds' dev decides, and every seed of the chosen lr counts")
+                             "with SEEDS (e.g. 0) only those seeds' dev decides, and every seed of the chosen lr counts; a tie "
+                             "goes to the lr with more seeds, then the smaller")
     args = parser.parse_args(argv)
     if args.at_forward_passes is not None and args.at_forward_passes < 0:
         print(f"error: --at-forward-passes {args.at_forward_passes}: needs a number of passes >= 0", file=sys.stderr)
