@@ -123,10 +123,15 @@ def give_buffer(buf: torch.Tensor) -> None:
 
 
 @functools.cache
+def byte_bits(device: torch.device) -> torch.Tensor:
+    """Row b holds the 8 bits of byte b as float32 0/1, low bit first (Rademacher signs, Sparse-MeZO's masks)."""
+    return ((torch.arange(256).unsqueeze(1) >> torch.arange(8)) & 1).to(device=device, dtype=torch.float32)
+
+
+@functools.cache
 def _sign_table(device: torch.device) -> torch.Tensor:
     """Row b holds the 8 signs (+1 for a 0 bit, -1 for a 1 bit) of byte b, low bit first."""
-    bits = (torch.arange(256).unsqueeze(1) >> torch.arange(8)) & 1
-    return (1.0 - 2.0 * bits).to(device=device, dtype=torch.float32)
+    return 1.0 - 2.0 * byte_bits(device)
 
 
 class DirectionSampler:

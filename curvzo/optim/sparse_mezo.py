@@ -9,7 +9,6 @@ unknown is a switch (mask source, which tensors, keep fraction) with determinist
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any
 
@@ -18,6 +17,7 @@ import torch
 from curvzo.optim.base import StepContext
 from curvzo.optim.blocks import Block
 from curvzo.optim.checks import check_choice, check_fraction
+from curvzo.optim.directions import byte_bits
 from curvzo.optim.mezo import MeZO
 
 MASK_SOURCES = ("pretrained", "step")
@@ -46,12 +46,6 @@ def magnitude_threshold(tensor: torch.Tensor, keep: float) -> float:
     magnitudes = tensor.detach().reshape(-1).to(device="cpu", dtype=torch.float32).abs()
     k = max(1, math.ceil(keep * magnitudes.numel()))
     return float(magnitudes.kthvalue(k).values)
-
-
-@functools.cache
-def _bit_rows(device: torch.device) -> torch.Tensor:
-    """Row b holds the 8 bits of byte b as float32 0/1, low bit first (the order of ``pack_bits``)."""
-    return ((torch.arange(256).unsqueeze(1) >> torch.arange(8)) & 1).to(device=device, dtype=torch.float32)
 
 
 class SparseMeZO(MeZO):
@@ -104,7 +98,7 @@ class SparseMeZO(MeZO):
             return z
         first, offset = divmod(span.start, 8)
         n = span.stop - span.start
-        rows = _bit_rows(z.device).index_select(0, packed[first:first + -(-(offset + n) // 8)].int())
+        rows = byte_bits(z.device).index_select(0, packed[first:first + -(-(offset + n) // 8)].int())
         return z.mul_(rows.view(-1)[offset:offset + n])
 
     def plan(self, ctx: StepContext) -> bool:
