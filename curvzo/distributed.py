@@ -21,6 +21,7 @@ transport, which raises :class:`PeerLost` on the others (and ``torchrun`` stops 
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -139,11 +140,22 @@ def start() -> World:
     return _WORLD
 
 
-def stop() -> None:
-    """Leave the process group (at the end of the job, on every rank)."""
+def stop(*, finished: bool = True) -> None:
+    """Leave the process group (at the end of the job, on every rank).
+
+    A job that ``finished`` first waits at a barrier for every rank to get here: a rank that tore down
+    its sockets while a peer still had its last collective in flight could abort that peer (gloo's
+    transport thread ends the process, and torchrun reports a finished job as failed). After a failure
+    no barrier: a lost peer would keep the others waiting for the whole timeout."""
     global _WORLD
     if dist.is_initialized():
+        if finished and _WORLD.active:
+            try:
+                dist.barrier()
+            except RuntimeError:  # a peer is gone: nothing left to wait for
+                pass
         dist.destroy_process_group()
+        gc.collect()  # free the group's transport while the interpreter is whole, not during its shutdown
     _WORLD = World(mode=_WORLD.mode)
 
 

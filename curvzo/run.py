@@ -59,12 +59,14 @@ def main() -> None:
         os.environ[LAUNCH_TIME_VARIABLE] = distributed.broadcast(datetime.now().isoformat())  # one directory
         if not world.is_main:  # Hydra's own files and run.log come from rank 0
             sys.argv += ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
+    finished = False
     try:
         hydra_app()
+        finished = True
     finally:
         if world.is_main:
             print_sweep_reports()  # a -m sweep's closing summary, also when a job failed
-        distributed.stop()
+        distributed.stop(finished=finished)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PACKAGE, config_name="config")

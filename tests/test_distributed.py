@@ -381,3 +381,47 @@ def test_exchanges_travel_as_json_through_a_real_process_group(tmp_path):
         torch.distributed.destroy_process_group()
     source = Path(distributed.__file__).read_text()
     assert not any(name in source for name in ("all_gather_object", "broadcast_object_list", "import pickle"))
+
+
+LEAVE_THE_GROUP = """
+import sys, time
+from curvzo import distributed
+world = distributed.start()
+time.sleep(float(sys.argv[1]))
+arrived = time.time()
+distributed.stop(finished=sys.argv[2] == "finished")
+print(f"{world.rank} {arrived} {time.time()}")
+"""
+
+
+def leave_the_group(delays: tuple[float, float], how: str) -> dict[int, tuple[float, float]]:
+    """Two gloo ranks that reach :func:`distributed.stop` after ``delays``: when each arrived and left."""
+    env = {**job_env(), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+    procs = [subprocess.Popen([sys.executable, "-c", LEAVE_THE_GROUP, str(delay), how], cwd=REPO_ROOT,
+                              env={**env, "RANK": str(rank), "LOCAL_RANK": str(rank)}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for rank, delay in enumerate(delays)]
+    times = {}
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err[-2000:]
+        rank, arrived, left = out.split()
+        times[int(rank)] = (float(arrived), float(left))
+    return times
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.integration
+def test_a_finished_job_leaves_the_group_only_when_every_rank_has_finished():
+    """The last collective of a slow rank is never cut off by a fast one tearing down its sockets
+    (a 4-rank CI job once aborted one rank that way); after a failure no rank waits."""
+    times = leave_the_group((0.0, 2.0), "finished")
+    assert times[0][1] >= times[1][0]  # rank 0 left after rank 1 arrived
+    times = leave_the_group((0.0, 2.0), "failed")
+    assert times[0][1] < times[1][0]  # no barrier: rank 0 was gone before rank 1 arrived
