@@ -214,6 +214,14 @@ def _markdown(table: pd.DataFrame, diffs: pd.DataFrame | None, baseline: str | N
     return "\n".join(lines) + "\n"
 
 
+def seed_set(text: str) -> set[int] | None:
+    """``"0,2"`` -> {0, 2}; None when ``text`` is not comma-separated integers."""
+    try:
+        return {int(seed) for seed in text.split(",")}
+    except ValueError:
+        return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("roots", nargs="+", metavar="root",
@@ -245,9 +253,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no summary.json below {where}", file=sys.stderr)
         return 2
     if args.seeds:
-        try:
-            seeds = {int(seed) for seed in args.seeds.split(",")}
-        except ValueError:
+        seeds = seed_set(args.seeds)
+        if seeds is None:
             print(f"error: --seeds {args.seeds}: needs comma-separated integers", file=sys.stderr)
             return 2
         runs = runs[runs["seed"].isin(seeds)].reset_index(drop=True)
@@ -258,9 +265,8 @@ def main(argv: list[str] | None = None) -> int:
         runs = at_forward_passes(runs, args.at_forward_passes)
     table = aggregate(runs)
     if args.lr_on_dev:
-        try:
-            deciding = None if args.lr_on_dev == "all" else {int(seed) for seed in args.lr_on_dev.split(",")}
-        except ValueError:
+        deciding = None if args.lr_on_dev == "all" else seed_set(args.lr_on_dev)
+        if args.lr_on_dev != "all" and deciding is None:
             print(f"error: --lr-on-dev {args.lr_on_dev}: needs comma-separated seeds (or nothing)", file=sys.stderr)
             return 2
         table, runs = best_lr_on_dev(table, runs, deciding)
