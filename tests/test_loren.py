@@ -15,6 +15,7 @@ from curvzo.optim.base import ZerothOrderOptimizer
 from curvzo.optim.directions import DirectionSampler
 from curvzo.optim.streams import mix64, query_seed
 from curvzo.optim.loren import LOREN, row_segments
+from curvzo.optim.loren_rows import ColumnSums
 from curvzo.optim.replay import replay_from_losses
 from tests.helpers import net_loss, tiny_net
 
@@ -347,6 +348,73 @@ def test_the_exact_probe_draws_u_once_per_query_where_it_keeps_u_with_the_same_b
         assert all(torch.equal(kept_opt.state[p][k], streamed_opt.state[q][k]) for k in kept_opt.state[p])
     numel = sum(p.numel() for p in kept.parameters())
     assert drawn == [3 * 2 * 3 * numel, 3 * 3 * 3 * numel]  # steps x draws per query x K x weights
+
+
+@pytest.mark.parametrize("update,state_dtype,dtype,chunk", [
+    ("per_sample", "fp32", torch.float32, None),
+    ("per_sample", "fp32", torch.float32, 5),
+    ("per_step", "param", torch.float64, 7),  # float64 momentum: the piece's float32 copy of M, stored back per k
+])
+def test_the_fused_update_gives_full_precision_weights_the_bits_of_k_passes(update, state_dtype, dtype, chunk,
+                                                                             monkeypatch):
+    """Tied form: a's K steps first, then X's K sub-updates piece by piece in one pass = K passes in the code's order."""
+    runs = []
+    for fused in (True, False):
+        monkeypatch.setattr(LOREN, "fused_update", fused)
+        net = tiny_net(dtype=dtype)
+        opt = LOREN(net.parameters(), lr=5e-2, num_queries=4, eps=1e-2, lr_cov=0.5, weight_decay=0.1, seed=9,
+                    cov_update=update, state_dtype=state_dtype)
+        if chunk:
+            opt.directions = DirectionSampler(sub_chunk=chunk, span=2 * chunk)
+        before = [p.detach().clone() for p in net.parameters()]
+        for _ in range(3):
+            opt.step(net_loss(net))
+        assert all(not torch.equal(b, p) for b, p in zip(before, net.parameters()))
+        runs.append((net, opt))
+    (fused_net, fused_opt), (passes_net, passes_opt) = runs
+    for p, q in zip(fused_net.parameters(), passes_net.parameters()):
+        assert torch.equal(p, q)
+        assert fused_opt.state[p].keys() == passes_opt.state[q].keys()
+        assert all(torch.equal(fused_opt.state[p][k], passes_opt.state[q][k]) for k in fused_opt.state[p])
+
+
+def test_the_fused_update_rounds_bfloat16_weights_once_between_their_float32_neighbours():
+    """bfloat16 weights end at one of the two bfloat16 neighbours of what float32 weights with the same start reach
+    (one stochastic rounding per step, not K); a and M, float32 state, are the same bits in both."""
+    losses = [0.7, 0.2, 0.5, 0.9]  # the probes' losses, whatever the weights: both runs see the same ones
+    nets, opts = [], []
+    for dtype in (torch.bfloat16, torch.float32):
+        net = tiny_net(dtype=torch.bfloat16).to(dtype)  # the float32 net starts at the bfloat16 values
+        opt = LOREN(net.parameters(), lr=2e-4, num_queries=4, eps=1e-2, lr_cov=0.5, seed=9)
+        calls = iter(losses)
+        opt.step(lambda calls=calls: torch.tensor(next(calls)))
+        nets.append(net)
+        opts.append(opt)
+    for half, full in zip(nets[0].parameters(), nets[1].parameters()):
+        bits = full.detach().view(torch.int32) & -65536  # toward zero: the neighbour of smaller magnitude
+        low, high = bits.view(torch.float32), (bits + 65536).view(torch.float32)
+        got = half.detach().float()
+        assert bool(((got == low) | ((got == high) & (low != full))).all())
+        assert opts[0].state[half].keys() == opts[1].state[full].keys()
+        assert all(torch.equal(opts[0].state[half][k], opts[1].state[full][k]) for k in opts[0].state[half])
+    moved = torch.cat([(h.detach() != f.detach().bfloat16()).view(-1) for h, f in zip(*(n.parameters() for n in nets))])
+    assert 0 < int(moved.sum()) < moved.numel()  # rounded stochastically: not always to the nearest
+
+
+def test_a_steps_column_sums_are_rows_of_one_table_known_once_written():
+    net = tiny_net()  # n = 8, 16, 16, 1
+    opt = LOREN(net.parameters(), lr=1e-3, num_queries=3)
+    table = ColumnSums(opt.blocks, 3)
+    assert (1, 0) not in table
+    with pytest.raises(KeyError):
+        table[(1, 0)]
+    rows = {(k, b.index): table.slot((k, b.index)) for k in range(3) for b in opt.blocks}
+    assert all(key in table for key in rows) and [rows[0, b.index].numel() for b in opt.blocks] == [8, 16, 16, 1]
+    base = rows[0, 0].untyped_storage().data_ptr()
+    assert all(row.untyped_storage().data_ptr() == base for row in rows.values())  # one allocation
+    for i, (key, row) in enumerate(rows.items()):
+        row.fill_(i)
+    assert all(bool((table[key] == i).all()) for i, key in enumerate(rows))  # the rows do not overlap
 
 
 @pytest.mark.parametrize("lr_cov,same", [(0.0, True), (1.0, False)])

@@ -9,7 +9,7 @@ import torch
 
 from curvzo.errors import ConfigError
 from curvzo.optim import DirectionSampler, MeZO, SparseMeZO, replay_from_losses
-from curvzo.optim.sparse_mezo import magnitude_threshold, pack_bits, unpack_bits
+from curvzo.optim.sparse_mezo import magnitude_threshold, pack_bits, packed_mask, unpack_bits
 from tests.helpers import quadratic, train_quadratic
 
 
@@ -37,6 +37,51 @@ def test_threshold_keeps_the_requested_fraction_of_small_magnitudes():
     h = magnitude_threshold(values, 0.25)
     assert int((values.abs() <= h).sum()) == 250
     assert float(values.abs().sort().values[249]) == h
+
+
+def _weights(kind: str) -> torch.Tensor:
+    g = torch.Generator().manual_seed(7)
+    if kind == "normal":
+        return torch.randn(5000, generator=g) * 0.02
+    if kind == "ties":  # few distinct magnitudes, signed zeros among them
+        return torch.randint(-3, 4, (5000,), generator=g).float() * torch.tensor([1.0, -1.0]).repeat(2500)
+    if kind == "bfloat16":
+        return (torch.randn(5000, generator=g) * 0.02).bfloat16()
+    return torch.randn(5000, generator=g, dtype=torch.float64) * 1e-3  # float64: thresholded in float32
+
+
+@pytest.mark.parametrize("kind", ["normal", "ties", "bfloat16", "float64"])
+@pytest.mark.parametrize("keep", [1e-4, 0.25, 0.5, 0.999, 1.0])
+@pytest.mark.parametrize("chunk", [64, 1 << 20])
+def test_the_chunked_threshold_is_the_kth_smallest_magnitude_and_the_mask_is_packed_whole(kind, keep, chunk):
+    values = _weights(kind)
+    magnitudes = values.float().abs() if kind != "float64" else values.abs().float()
+    k = max(1, math.ceil(keep * values.numel()))
+    h = magnitude_threshold(values, keep, chunk=chunk)
+    assert h == float(magnitudes.kthvalue(k).values)
+    packed, kept = packed_mask(values, h, chunk=chunk)
+    mask = values.abs().float() <= h
+    assert torch.equal(packed, pack_bits(mask)) and kept == int(mask.sum()) >= k
+
+
+def test_masks_rebuilt_every_step_are_written_into_the_buffers_allocated_at_the_start():
+    net = torch.nn.Sequential(torch.nn.Linear(30, 20), torch.nn.Linear(20, 3))
+    opt = SparseMeZO(net.parameters(), lr=1e-2, eps=1e-3, keep=0.5, mask_source="step", seed=0)
+    buffers = {id(p): opt.state[p]["mask"].data_ptr() for p in net.parameters()}
+    x = torch.randn(8, 30, generator=torch.Generator().manual_seed(1))
+    for _ in range(3):
+        before = [p.detach().clone() for p in net.parameters()]
+        opt.step(lambda: net(x).square().mean())
+    for p, start in zip(net.parameters(), before):
+        assert not torch.equal(p.detach(), start)
+        assert opt.state[p]["mask"].data_ptr() == buffers[id(p)]
+        expected = start.abs().float() <= opt.state[p]["threshold"]  # rebuilt from the weights the last step began at
+        assert torch.equal(opt.state[p]["mask"], pack_bits(expected))
+
+
+def test_a_mask_chunk_must_be_whole_bytes():
+    with pytest.raises(ValueError, match="multiple of 8"):
+        packed_mask(torch.ones(20), 1.0, chunk=12)
 
 
 def test_one_step_matches_the_hand_computation_across_chunk_boundaries():

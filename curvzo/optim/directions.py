@@ -183,8 +183,9 @@ class DirectionSampler:
             give_buffer(index)
             give_buffer(words)
 
-    def fill(self, z: torch.Tensor, seed: int, block: int, start: int = 0) -> torch.Tensor:
-        """Write z_b[start : start + len(z)] into the flat float32 ``z`` (``start`` on a sub-chunk boundary)."""
+    def fill(self, z: torch.Tensor, seed: int, block: int, start: int = 0, *, workers: int | None = None) -> torch.Tensor:
+        """Write z_b[start : start + len(z)] into the flat float32 ``z`` (``start`` on a sub-chunk boundary),
+        on ``workers`` threads (this sampler's by default; 1 inside a piece that already runs on a drawing thread)."""
         sub = self.sub_chunk(z.device)
         first = start // sub
         count = -(-z.numel() // sub)
@@ -192,7 +193,7 @@ class DirectionSampler:
         def draw(i: int) -> None:
             self._draw(z[i * sub:(i + 1) * sub], mix64(seed, block, first + i))
 
-        run_pieces(draw, count, self.workers if z.device.type == "cpu" else 1)
+        run_pieces(draw, count, (workers or self.workers) if z.device.type == "cpu" else 1)
         return z
 
     def for_each_piece(self, tensor: torch.Tensor, seed: int, block: int, fn: Callable[[slice, torch.Tensor], Any], *,

@@ -72,7 +72,10 @@ class HiZOO(ZerothOrderOptimizer):
 
     def transform(self, ctx: StepContext, block: Block, span: slice, z: torch.Tensor) -> torch.Tensor:
         """H_b^{-1/2} ⊙ z_b on one span (the probe's direction, with H as it is now)."""
-        return z.div_(self.state[block.param]["hessian"].view(-1)[span].float().sqrt())
+        root = _root(self.state[block.param]["hessian"].view(-1)[span])
+        z.div_(root)
+        give_buffer(root)
+        return z
 
     def reported_loss(self, losses: list[float]) -> float:
         return losses[0]  # ℓ0, the unperturbed loss
@@ -92,17 +95,29 @@ class HiZOO(ZerothOrderOptimizer):
         def rule(ctx: StepContext, block: Block, span: slice, z: torch.Tensor, work: torch.Tensor) -> torch.Tensor:
             h = self.state[block.param]["hessian"].view(-1)[span]
             if ctx.restore:  # θ += ε H_old^{-1/2} z, through a temporary: z itself is needed below
-                scaled = take_buffer(z.device, z.numel())[: z.numel()]
-                self.restore_span(ctx, block, torch.div(z, h.float().sqrt(), out=scaled), work)
-                give_buffer(scaled)
+                root = _root(h)
+                self.restore_span(ctx, block, torch.div(z, root, out=root), work)
+                give_buffer(root)
             lr, wd = block.group["lr"], block.group["weight_decay"]
             if wd:
                 work.mul_(1.0 - lr * wd)
-            # (1−α)H + α·c·H·z² computed in float32 and stored once (rounded if H is kept in fp16/bf16)
-            updated = h.float() * (1 - alpha) + (alpha * curvature) * h.float() * z.square()
-            h.copy_(updated)
-            work.add_(z.div_(h.float().sqrt()), alpha=-lr * self.block_gradient_of(block, loss_plus, loss_minus))
-            return torch.stack([updated.sum(), updated.min(), updated.max()])
+            # (1−α)H + (α·c·H)·z² in float32, stored once (rounded if H is kept in fp16/bf16); pooled buffers,
+            # not fresh temporaries: this rule did as much arithmetic as drawing z
+            updated = h if h.dtype == torch.float32 else self.fp32_copy(h)
+            increment = torch.mul(updated, alpha * curvature, out=take_buffer(z.device, z.numel())[: z.numel()])
+            square = torch.mul(z, z, out=take_buffer(z.device, z.numel())[: z.numel()])
+            increment.mul_(square)
+            updated.mul_(1 - alpha).add_(increment)
+            summary = torch.stack([updated.sum(), *torch.aminmax(updated)])
+            if updated is not h:
+                h.copy_(updated)
+                give_buffer(updated)
+            give_buffer(square)
+            give_buffer(increment)
+            root = _root(h)  # of H as stored
+            work.add_(z.div_(root), alpha=-lr * self.block_gradient_of(block, loss_plus, loss_minus))
+            give_buffer(root)
+            return summary
 
         summaries = [row for rows in self.update_pass(ctx, rule).values() for row in rows]
         ctx.record["hessian_smooth"] = alpha
@@ -120,3 +135,8 @@ class HiZOO(ZerothOrderOptimizer):
         count = sum(b.param.numel() for b in self.blocks)
         return {"hizoo/h_mean": float(table[:, 0].sum()) / count, "hizoo/h_min": float(table[:, 1].min()),
                 "hizoo/h_max": float(table[:, 2].max())}
+
+
+def _root(h: torch.Tensor) -> torch.Tensor:
+    """√H of one span, in float32, in a pooled buffer (return it with ``give_buffer``)."""
+    return ZerothOrderOptimizer.fp32_copy(h).sqrt_()

@@ -29,62 +29,19 @@ from curvzo.optim.checks import (
     state_buffer,
 )
 from curvzo.optim.directions import give_buffer, run_pieces, take_buffer
+from curvzo.optim.loren_rows import (
+    ColumnSums,
+    matrix_shape,
+    ordered_sum,
+    row_pieces,
+    row_segments,
+    z_from_u,
+)
 from curvzo.optim.rounding import HALF
 from curvzo.optim.streams import Stream, query_seed, stream_seed
 
 COV_FORMS = ("tied", "per_row")
 COV_UPDATES = ("per_sample", "per_step")
-
-
-def matrix_shape(param: torch.Tensor) -> tuple[int, int]:
-    """(m, n) of the row-major view LOREN factorises: n = size(1) for ≥2-D tensors, else m = 1."""
-    if param.dim() >= 2:
-        n = param.size(1)
-        return param.numel() // n, n
-    return 1, param.numel()
-
-
-class Segment(NamedTuple):
-    """A row-aligned piece [lo, hi) of a chunk: ``rows`` full rows from ``row``, or (rows = 0) part of one row."""
-
-    lo: int
-    hi: int
-    row: int
-    col: int
-    rows: int
-
-
-def row_segments(start: int, stop: int, n: int) -> list[Segment]:
-    """Split the flat span [start, stop) of an (m, n) row-major tensor into a partial head row, a block
-    of full rows and a partial tail row (offsets relative to ``start``); chunks do not align with rows."""
-    segments, pos = [], start
-    row, col = divmod(start, n)
-    if col:
-        end = min(stop, start + n - col)
-        segments.append(Segment(0, end - start, row, col, 0))
-        pos, row = end, row + 1
-    rows = (stop - pos) // n
-    if rows:
-        segments.append(Segment(pos - start, pos - start + rows * n, row, 0, rows))
-        pos, row = pos + rows * n, row + rows
-    if pos < stop:
-        segments.append(Segment(pos - start, stop - start, row, 0, 0))
-    return segments
-
-
-def _ordered_sum(parts: list[torch.Tensor], size: int, device: torch.device) -> torch.Tensor:
-    """Σ parts, added in piece order (so the result does not depend on which thread made which part)."""
-    total = torch.zeros(size, dtype=torch.float32, device=device)
-    for part in parts:
-        total.add_(part)
-    return total
-
-
-def _pieces(v: torch.Tensor, segments: list[Segment], n: int):
-    """(segment, view): full-row segments come as (rows, n) views, partial rows as 1-D views."""
-    for seg in segments:
-        piece = v[seg.lo:seg.hi]
-        yield seg, (piece.view(seg.rows, n) if seg.rows else piece)
 
 
 class Query(NamedTuple):
@@ -106,12 +63,16 @@ class LOREN(ZerothOrderOptimizer):
     the probe, the update: streaming spans cannot know p = āᵀu before a span is drawn; the in-place
     probe adds its restore, 4K), 2K for the tensors the exact probe keeps u of (``retain_numel``: the
     column sums come from the probe's own draw), and one more per query for ``per_row`` (p = U a is
-    recomputed before the update pass because it cannot be cached in n floats).
+    recomputed before the update pass because it cannot be cached in n floats). The tied form's K sub-updates
+    take one pass over the weights (``fused_update``), the per_row form's K passes.
     """
 
     #: the exact probe keeps u of a tensor up to this size (float32: 64 MB, an OPT-1.3B MLP matrix) so that the tied
     #: form draws it once per query instead of twice; a bigger one (a vocabulary embedding) is drawn twice
     retain_numel = 1 << 24
+    #: the tied form takes its K sub-updates of X in one pass over the weights (each piece in float32 through all K,
+    #: rounded once); False: K passes, the code's order, as the per_row form always does (tests compare the two)
+    fused_update = True
 
     def __init__(self, params: Any, lr: float, eps: float = 1e-3, num_queries: int = 10, damping: float = 0.1,
                  lr_cov: float = 1e-3, momentum: float = 0.9, weight_decay: float = 0.0, *, seed: int = 0,
@@ -145,14 +106,14 @@ class LOREN(ZerothOrderOptimizer):
                 state["momentum_buffer"] = state_buffer(block.param, self.state_dtype)
 
     # z = u − κ p ā, streamed ----------------------------------------------------------------------------
-    def _query(self, block: Block, seed: int, a: torch.Tensor, colsums: dict, k: int) -> Query:
+    def _query(self, block: Block, seed: int, a: torch.Tensor, colsums: ColumnSums | None, k: int) -> Query:
         """p, κ, s of query k under the current a. Tied: p = a·colsum(U), colsum cached per (k, tensor).
         Partial sums come back per piece and are added in piece order (the same bits for any thread count)."""
         m, n = matrix_shape(block.param)
         if self.cov_form == "tied":
             key = (k, block.index)
             if key not in colsums:
-                colsums[key], _ = self._column_sums(block, seed, a.device)
+                self._column_sums(block, seed, a.device, out=colsums.slot(key))
             colsum = colsums[key]
             p, s = torch.dot(a, colsum), m * torch.dot(a, a)
         else:
@@ -160,45 +121,35 @@ class LOREN(ZerothOrderOptimizer):
 
             def row_products(span: slice, u: torch.Tensor) -> torch.Tensor:
                 part = torch.zeros(m, dtype=torch.float32, device=a.device)
-                for seg, piece in _pieces(u, row_segments(span.start, span.stop, n), n):
+                for seg, piece in row_pieces(u, row_segments(span.start, span.stop, n), n):
                     if seg.rows:
                         part[seg.row:seg.row + seg.rows].addmv_(piece, a)
                     else:
                         part[seg.row:seg.row + 1].add_(torch.dot(piece, a[seg.col:seg.col + seg.hi - seg.lo]))
                 return part
-            p = _ordered_sum(self.directions.for_each_piece(block.param, seed, block.index, row_products), m, a.device)
+            p = ordered_sum(self.directions.for_each_piece(block.param, seed, block.index, row_products), m, a.device)
             s = torch.dot(a, a)
         damping = block.group["damping"]
         root = torch.sqrt(damping + s)
         kappa = (math.sqrt(damping) + root) / (s * root)
         return Query(p, kappa, s, colsum)
 
-    def _column_sums(self, block: Block, seed: int, device: torch.device,
-                     into: torch.Tensor | None = None) -> tuple[torch.Tensor, list[slice]]:
-        """colsum(U) of query ``seed`` (added in piece order) and the pieces' spans; u is left in ``into`` if given."""
+    def _column_sums(self, block: Block, seed: int, device: torch.device, into: torch.Tensor | None = None,
+                     out: torch.Tensor | None = None) -> tuple[torch.Tensor, list[slice]]:
+        """colsum(U) of query ``seed`` (added in piece order, into ``out`` if given) and the pieces' spans; u is
+        left in ``into`` if given."""
         n = matrix_shape(block.param)[1]
 
         def column_sums(span: slice, u: torch.Tensor) -> tuple[slice, torch.Tensor]:
             part = torch.zeros(n, dtype=torch.float32, device=device)
-            for seg, piece in _pieces(u, row_segments(span.start, span.stop, n), n):
+            for seg, piece in row_pieces(u, row_segments(span.start, span.stop, n), n):
                 if seg.rows:
                     part.add_(piece.sum(0))
                 else:
                     part[seg.col:seg.col + seg.hi - seg.lo].add_(piece)
             return span, part
         pieces = self.directions.for_each_piece(block.param, seed, block.index, column_sums, into=into)
-        return _ordered_sum([part for _, part in pieces], n, device), [span for span, _ in pieces]
-
-    @staticmethod
-    def _to_z(u: torch.Tensor, segments: list[Segment], n: int, a: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
-        """u −= coef_row · ā in place (coef = κp: 0-d when tied, one per row for per_row); returns z."""
-        for seg, piece in _pieces(u, segments, n):
-            if coef.dim() == 0:
-                c = coef
-            else:
-                c = coef[seg.row:seg.row + seg.rows, None] if seg.rows else coef[seg.row]
-            piece.addcmul_(a if seg.rows else a[seg.col:seg.col + seg.hi - seg.lo], c, value=-1.0)
-        return u
+        return ordered_sum([part for _, part in pieces], n, device, out), [span for span, _ in pieces]
 
     def _z_pieces(self, block: Block, seed: int, q: Query, fn, into: torch.Tensor | None = None) -> list:
         """``fn(span, z)`` over the pieces of query ``seed``'s z under the current a (on the drawing threads)."""
@@ -206,14 +157,14 @@ class LOREN(ZerothOrderOptimizer):
         coef = q.kappa * q.p
 
         def piece(span: slice, u: torch.Tensor):
-            return fn(span, self._to_z(u, row_segments(span.start, span.stop, n), n, a, coef))
+            return fn(span, z_from_u(u, row_segments(span.start, span.stop, n), n, a, coef))
         return self.directions.for_each_piece(block.param, seed, block.index, piece, into=into)
 
     def perturbation(self, block_index: int, seed: int) -> torch.Tensor:
         """z of block ``block_index`` for query seed ``seed`` under the current a, as a new float32
         tensor shaped like the parameter (tests and analysis; query k of step t uses query_seed(s_t, k))."""
         block = self.blocks[block_index]
-        q = self._query(block, seed, self.state[block.param]["cov_factor"], {}, 0)
+        q = self._query(block, seed, self.state[block.param]["cov_factor"], ColumnSums([block], 1), 0)
         out = torch.empty(block.param.numel(), dtype=torch.float32, device=block.param.device)
         self._z_pieces(block, seed, q, lambda span, z: None, into=out)
         return out.view(block.param.shape)
@@ -221,7 +172,7 @@ class LOREN(ZerothOrderOptimizer):
     # the probe: K one-sided queries -------------------------------------------------------------------------
     def probe(self, ctx: StepContext) -> list[float]:
         """f_k = L(θ + εz_k) for k = 1..K; stops at the first non-finite loss (θ is restored)."""
-        colsums: dict = {}
+        colsums = ColumnSums(self._blocks, self.num_queries) if self.cov_form == "tied" else None
         ctx.plan = colsums  # the tied form's column sums, reused by the update
         if self.probe_mode == "exact":  # K independent passes (dealt over the ranks under query parallelism)
             closures = []
@@ -245,7 +196,8 @@ class LOREN(ZerothOrderOptimizer):
                 break
         return losses
 
-    def _write_perturbed(self, block: Block, seed: int, k: int, colsums: dict, out: torch.Tensor) -> None:
+    def _write_perturbed(self, block: Block, seed: int, k: int, colsums: ColumnSums | None,
+                         out: torch.Tensor) -> None:
         """out ← θ + εz_k (float32 math, one rounding to the weight dtype).
 
         Tied form, column sums not yet known, tensor of at most ``retain_numel`` elements: u is drawn once into a
@@ -266,13 +218,13 @@ class LOREN(ZerothOrderOptimizer):
         if self.cov_form == "tied" and (k, block.index) not in colsums and numel <= self.retain_numel:
             u = out if stored.dtype == torch.float32 else take_buffer(stored.device, numel)[:numel]
             try:
-                colsums[(k, block.index)], spans = self._column_sums(block, seed, a.device, into=u)
+                _, spans = self._column_sums(block, seed, a.device, into=u, out=colsums.slot((k, block.index)))
                 q = self._query(block, seed, a, colsums, k)  # the column sums are known now: no draw
                 n, coef = matrix_shape(block.param)[1], q.kappa * q.p
 
                 def from_kept(i: int) -> None:
                     span = spans[i]
-                    piece(span, self._to_z(u[span], row_segments(span.start, span.stop, n), n, a, coef))
+                    piece(span, z_from_u(u[span], row_segments(span.start, span.stop, n), n, a, coef))
                 run_pieces(from_kept, len(spans), self.directions.workers if stored.device.type == "cpu" else 1)
             finally:
                 if u is not out:
@@ -297,29 +249,89 @@ class LOREN(ZerothOrderOptimizer):
 
     # the update: K sequential sub-updates of θ (momentum), and of a -------------------------------------------
     def update(self, ctx: StepContext, losses: list[float]) -> None:
-        K, colsums = self.num_queries, ctx.plan
-        mean = math.fsum(losses) / K
+        mean = math.fsum(losses) / self.num_queries
         eps = self.param_groups[0]["eps"]
-        weights = [(f - mean) / (eps * (K - 1)) for f in losses]
+        weights = [(f - mean) / (eps * (self.num_queries - 1)) for f in losses]
+        if self.cov_form == "tied" and self.fused_update:
+            self._fused_update(ctx, losses, mean, weights)
+        else:
+            self._sequential_update(ctx, losses, mean, weights)
+        ctx.stats.update(self._diagnostics(losses, mean))
+
+    def _sequential_update(self, ctx: StepContext, losses: list[float], mean: float, weights: list[float]) -> None:
+        """The code's order: for k, for X, a pass over X (sub-update k), then a's step k (per_row needs Uᵀp from it)."""
+        self._in_query_order(ctx, losses, mean,
+                             lambda k, block, seed, a, q: self._sub_update(ctx, block, seed, q, weights[k]))
+
+    def _fused_update(self, ctx: StepContext, losses: list[float], mean: float, weights: list[float]) -> None:
+        """Tied form: p_k, κ_k and G_a(k) follow from a and the probe's column sums alone, so a takes its K steps
+        first (keeping the a each z_k is built from) and X its K sub-updates in one pass over the weights."""
+        plans: dict[int, list[tuple[torch.Tensor, torch.Tensor]]] = {b.index: [] for b in self._blocks}
+
+        def keep(k: int, block: Block, seed: int, a: torch.Tensor, q: Query) -> None:
+            plans[block.index].append((a.clone(), q.kappa * q.p))  # a is stepped in place after this
+
+        self._in_query_order(ctx, losses, mean, keep)  # the probe's column sums: no draw
+        seeds = [query_seed(ctx.seed, k) for k in range(self.num_queries)]
+        self.update_pass(ctx, self._fused_rule(seeds, plans, weights), self._blocks, seed=seeds[0])
+
+    def _in_query_order(self, ctx: StepContext, losses: list[float], mean: float, each) -> None:
+        """For k, for X: ``each(k, block, seed, a, q)`` (it returns Uᵀp for per_row, else None), then a's step k:
+        at once for per_sample (later z_k use the updated a, §10 quirk 3), after the loop for per_step (all K
+        taken at the step-start a)."""
+        K, colsums = self.num_queries, ctx.plan
+        eps = self.param_groups[0]["eps"]
         pending: dict[int, list[torch.Tensor]] = {b.index: [] for b in self._blocks}
         for k in range(K):
             seed = query_seed(ctx.seed, k)
             c = eps * eps * (losses[k] - mean) / (K - 1)
             for block in self._blocks:
-                a = self.state[block.param]["cov_factor"]  # per_step: not yet changed in this step
+                a = self.state[block.param]["cov_factor"]
                 q = self._query(block, seed, a, colsums, k)
-                utp = self._sub_update(ctx, block, seed, q, weights[k])
+                utp = each(k, block, seed, a, q)
                 if not block.group["lr_cov"]:
                     continue
                 grad = self._cov_grad(block, a, q, utp, c)
                 if self.cov_update == "per_sample":
-                    self._step_cov(block, grad)  # later z_k use the updated a (§10 quirk 3)
+                    self._step_cov(block, grad)
                 else:
                     pending[block.index].append(grad)
-        for block in self._blocks:  # per_step: the K sub-updates of a, all taken at the step-start a
+        for block in self._blocks:
             for grad in pending[block.index]:
                 self._step_cov(block, grad)
-        ctx.stats.update(self._diagnostics(losses, mean))
+
+    def _fused_rule(self, seeds: list[int], plans: dict, weights: list[float]):
+        """The K sub-updates on one piece: z_1 comes from the pass, z_2..z_K are drawn here on this thread. The piece
+        of X (and of M) stays in float32 through all K, so float32 weights get the bits of K passes and half-precision
+        weights are rounded once per step instead of K times."""
+        def rule(ctx: StepContext, block: Block, span: slice, u: torch.Tensor, x: torch.Tensor) -> None:
+            n = matrix_shape(block.param)[1]
+            segments = row_segments(span.start, span.stop, n)
+            group = block.group
+            lr, wd = group["lr"], group["weight_decay"]
+            buf = self.state[block.param].get("momentum_buffer")
+            stored = None if buf is None else buf.view(-1)[span]
+            scratch = take_buffer(u.device, u.numel())[: u.numel()] if len(seeds) > 1 else None
+            try:
+                for k, seed in enumerate(seeds):
+                    if k:
+                        u = self.directions.fill(scratch, seed, block.index, span.start, workers=1)
+                    a, coef = plans[block.index][k]
+                    z = z_from_u(u, segments, n, a, coef)
+                    if wd:
+                        x.mul_(1.0 - lr * wd)
+                    if stored is None:  # 1-D: no momentum (§10 quirk 4)
+                        x.add_(z, alpha=-lr * weights[k])
+                        continue
+                    mom = stored if stored.dtype == torch.float32 else stored.float()
+                    mom.mul_(group["momentum"]).add_(z, alpha=weights[k])
+                    if mom is not stored:
+                        stored.copy_(mom)
+                    x.add_(stored, alpha=-lr)  # the code steps along M as stored
+            finally:
+                if scratch is not None:
+                    give_buffer(scratch)
+        return rule
 
     def _sub_update(self, ctx: StepContext, block: Block, seed: int, q: Query, w: float) -> torch.Tensor | None:
         """One sub-update of X (momentum for ≥2-D, decoupled decay); per_row also returns Uᵀp for G_a."""
@@ -337,12 +349,12 @@ class LOREN(ZerothOrderOptimizer):
             utp = None
             if per_row:  # this piece's Σ_i p_i u_i, taken before u is overwritten by z
                 utp = torch.zeros(n, dtype=torch.float32, device=a.device)
-                for seg, piece in _pieces(u, segments, n):
+                for seg, piece in row_pieces(u, segments, n):
                     if seg.rows:
                         utp.addmv_(piece.t(), q.p[seg.row:seg.row + seg.rows])
                     else:
                         utp[seg.col:seg.col + seg.hi - seg.lo].addcmul_(piece, q.p[seg.row])
-            z = self._to_z(u, segments, n, a, coef)
+            z = z_from_u(u, segments, n, a, coef)
             if wd:
                 x.mul_(1.0 - lr * wd)
             if buf_flat is None:
@@ -357,7 +369,7 @@ class LOREN(ZerothOrderOptimizer):
             return utp
 
         parts = self.update_pass(ctx, rule, [block], seed=seed)[block.index]
-        return _ordered_sum(parts, n, a.device) if per_row else None
+        return ordered_sum(parts, n, a.device) if per_row else None
 
     def _cov_grad(self, block: Block, a: torch.Tensor, q: Query, utp: torch.Tensor | None, c: float) -> torch.Tensor:
         """G_a = c · Σ_rows [(p u − κ p² ā)/√(ρ+s) + √ρ ā/(ρ+s)], c = ε²(f_k − f̄)/(K − 1)."""

@@ -38,14 +38,55 @@ def unpack_bits(packed: torch.Tensor, numel: int) -> torch.Tensor:
     return ((packed.unsqueeze(1) >> shifts) & 1).view(-1)[:numel].bool()
 
 
-def magnitude_threshold(tensor: torch.Tensor, keep: float) -> float:
-    """h with |θ| ≤ h for (at least) a ``keep`` fraction of the tensor: the exact k-th smallest |θ|.
+#: elements read at a time when thresholding and masking a tensor: the transient memory is a few copies of this
+#: many floats, not of the tensor (a vocabulary embedding's copies, sort indices and masks cost 0.3x inference)
+CHUNK_NUMEL = 1 << 20
 
-    Computed once per tensor on CPU in float32 (``torch.quantile`` refuses very large inputs).
+
+def _magnitude_bits(tensor: torch.Tensor, chunk: int):
+    """The float32 bit patterns of |θ|, chunk by chunk, on CPU: as integers they sort as the magnitudes do."""
+    flat = tensor.detach().reshape(-1)
+    for start in range(0, flat.numel(), chunk):
+        yield flat[start:start + chunk].to(device="cpu", dtype=torch.float32).abs().view(torch.int32)
+
+
+def magnitude_threshold(tensor: torch.Tensor, keep: float, chunk: int = CHUNK_NUMEL) -> float:
+    """h with |θ| ≤ h for (at least) a ``keep`` fraction of the tensor: the exact k-th smallest |θ| in float32.
+
+    A radix selection in two counting passes over the tensor, ``chunk`` elements at a time: the high 16 bits of
+    the k-th smallest magnitude first, then its low 16 bits among the elements that share them. The value is
+    the one ``kthvalue`` gives (``tests/test_sparse_mezo.py``), without a full-size copy and index tensor.
     """
-    magnitudes = tensor.detach().reshape(-1).to(device="cpu", dtype=torch.float32).abs()
-    k = max(1, math.ceil(keep * magnitudes.numel()))
-    return float(magnitudes.kthvalue(k).values)
+    numel = tensor.numel()
+    k = max(1, math.ceil(keep * numel))
+    high_counts = torch.zeros(1 << 16, dtype=torch.int64)
+    for bits in _magnitude_bits(tensor, chunk):
+        high_counts += torch.bincount(bits >> 16, minlength=1 << 16)
+    high_cumulative = high_counts.cumsum(0)
+    high = int(torch.searchsorted(high_cumulative, k))  # the first bin holding the k-th smallest
+    rank = k - (int(high_cumulative[high - 1]) if high else 0)  # its rank inside that bin
+    low_counts = torch.zeros(1 << 16, dtype=torch.int64)
+    for bits in _magnitude_bits(tensor, chunk):
+        low_counts += torch.bincount(bits[(bits >> 16) == high] & 0xFFFF, minlength=1 << 16)
+    low = int(torch.searchsorted(low_counts.cumsum(0), rank))
+    return float(torch.tensor([(high << 16) | low], dtype=torch.int32).view(torch.float32))
+
+
+def packed_mask(tensor: torch.Tensor, threshold: float, chunk: int = CHUNK_NUMEL, *,
+                out: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+    """(pack_bits(|θ| ≤ h), how many entries it keeps), built ``chunk`` elements (a multiple of 8) at a time,
+    into ``out`` (uint8, one byte per 8 entries) if given."""
+    if chunk % 8:
+        raise ValueError(f"chunk must be a multiple of 8 (whole bytes of the packed mask), got {chunk}")
+    flat = tensor.detach().reshape(-1)
+    packed = torch.empty(-(-flat.numel() // 8), dtype=torch.uint8, device=flat.device) if out is None else out
+    kept = 0
+    for start in range(0, flat.numel(), chunk):
+        mask = flat[start:start + chunk].abs().float() <= threshold  # the precision h was computed in
+        kept += int(mask.sum())
+        piece = pack_bits(mask)
+        packed[start // 8:start // 8 + piece.numel()] = piece
+    return packed, kept
 
 
 class SparseMeZO(MeZO):
@@ -73,16 +114,19 @@ class SparseMeZO(MeZO):
         return [b for b in self.blocks if self.apply_to == "all" or b.param.dim() >= 2]
 
     def build_masks(self) -> None:
-        """m_b = (|θ_b| ≤ h_b) from the current weights, bit-packed (1 bit per parameter)."""
-        kept = 0
-        for block in self.blocks:
+        """m_b = (|θ_b| ≤ h_b) from the current weights, bit-packed (1 bit per parameter).
+
+        Every mask is allocated before any is computed (and rebuilt in place after that): long-lived masks
+        allocated between the computation's transients kept their freed memory resident (+0.45 GB on SmolLM2)."""
+        masked = [b for b in self.blocks if "threshold" in self.state[b.param]]
+        for block in masked:
+            if "mask" not in self.state[block.param]:
+                self.state[block.param]["mask"] = torch.empty(-(-block.param.numel() // 8), dtype=torch.uint8,
+                                                              device=block.param.device)
+        kept = sum(b.param.numel() for b in self.blocks if b not in masked)
+        for block in masked:
             state = self.state[block.param]
-            if "threshold" not in state:
-                kept += block.param.numel()
-                continue
-            mask = block.param.detach().abs().float() <= state["threshold"]  # the precision h was computed in
-            kept += int(mask.sum())
-            state["mask"] = pack_bits(mask)
+            kept += packed_mask(block.param, state["threshold"], out=state["mask"])[1]
         self._kept_fraction = kept / max(sum(b.param.numel() for b in self.blocks), 1)
 
     def mask(self, block: Block) -> torch.Tensor | None:
