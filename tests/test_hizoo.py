@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from curvzo.errors import ConfigError
-from curvzo.optim import HiZOO, MeZO, replay_from_losses
-from tests.helpers import quadratic, train_quadratic
+from curvzo.optim import DirectionSampler, HiZOO, MeZO, replay_from_losses
+from tests.helpers import net_loss, quadratic, tiny_net, train_quadratic
 
 
 def test_two_steps_match_the_hand_computation():
@@ -28,6 +28,23 @@ def test_two_steps_match_the_hand_computation():
         torch.testing.assert_close(theta.detach(), expected, rtol=1e-6, atol=1e-9)  # H is float32 state
         torch.testing.assert_close(opt.state[theta]["hessian"].double(), hessian, rtol=1e-6, atol=0)
     assert opt.last_stats["hizoo/curvature"] > 0 and opt.last_stats["hizoo/h_max"] > 1
+
+
+@pytest.mark.parametrize("hessian_dtype", ["fp32", "param"])
+def test_the_logged_mean_min_and_max_of_h_are_those_of_the_stored_diagonal(hessian_dtype):
+    net = tiny_net(dtype=torch.bfloat16 if hessian_dtype == "param" else torch.float32)
+    opt = HiZOO(net.parameters(), lr=1e-2, eps=1e-2, hessian_smooth=0.5, hessian_dtype=hessian_dtype, seed=1)
+    opt.directions = DirectionSampler(sub_chunk=8, span=16)  # several pieces per tensor, one summary row each
+    assert sum(len(opt.directions.piece_spans(p)) for p in net.parameters()) > len(list(net.parameters()))
+    for _ in range(2):
+        opt.step(net_loss(net))
+    h = torch.cat([opt.state[p]["hessian"].double().reshape(-1) for p in net.parameters()])
+    assert float(h.max()) > 1.0 > float(h.min())
+    stats = opt.last_stats
+    tolerance = 1e-6 if hessian_dtype == "fp32" else 1e-2  # summaries are of the float32 H before it is stored
+    assert stats["hizoo/h_mean"] == pytest.approx(float(h.mean()), rel=tolerance)
+    assert stats["hizoo/h_min"] == pytest.approx(float(h.min()), rel=tolerance)
+    assert stats["hizoo/h_max"] == pytest.approx(float(h.max()), rel=tolerance)
 
 
 def test_zero_smoothing_retraces_mezo_bit_for_bit():

@@ -357,7 +357,7 @@ def test_the_exact_probe_draws_u_once_per_query_where_it_keeps_u_with_the_same_b
 ])
 def test_the_fused_update_gives_full_precision_weights_the_bits_of_k_passes(update, state_dtype, dtype, chunk,
                                                                              monkeypatch):
-    """Tied form: a's K steps first, then X's K sub-updates piece by piece in one pass = K passes in the code's order."""
+    """Tied form: a's K steps first, then X's K sub-updates piece by piece in one pass = K passes in code order."""
     runs = []
     for fused in (True, False):
         monkeypatch.setattr(LOREN, "fused_update", fused)

@@ -70,6 +70,15 @@ def test_worker_threads_give_bit_identical_weights_state_and_trajectory(name, dt
     assert any(not torch.equal(p, q) for p, q in zip(serial_net.parameters(), start.parameters()))  # it moved
 
 
+@pytest.mark.parametrize("numel,sub_chunk", [(0, 8), (5, 8), (64, 8), (100, 8), (1000, 7), (3 << 16, None)])
+def test_piece_spans_are_the_pieces_the_threads_are_handed(numel, sub_chunk):
+    sampler = DirectionSampler(sub_chunk=sub_chunk, workers=2)
+    tensor = torch.zeros(numel)
+    handed = sampler.for_each_piece(tensor, 0, 0, lambda span, z: (span.start, span.stop))
+    assert [(s.start, s.stop) for s in sampler.piece_spans(tensor)] == handed
+    assert sum(stop - start for start, stop in handed) == numel
+
+
 def test_several_threads_draw_directions(monkeypatch):
     threads = set()
     original = DirectionSampler._draw

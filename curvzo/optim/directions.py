@@ -183,7 +183,8 @@ class DirectionSampler:
             give_buffer(index)
             give_buffer(words)
 
-    def fill(self, z: torch.Tensor, seed: int, block: int, start: int = 0, *, workers: int | None = None) -> torch.Tensor:
+    def fill(self, z: torch.Tensor, seed: int, block: int, start: int = 0, *,
+             workers: int | None = None) -> torch.Tensor:
         """Write z_b[start : start + len(z)] into the flat float32 ``z`` (``start`` on a sub-chunk boundary),
         on ``workers`` threads (this sampler's by default; 1 inside a piece that already runs on a drawing thread)."""
         sub = self.sub_chunk(z.device)
@@ -209,23 +210,28 @@ class DirectionSampler:
         """
         return self.run_jobs([PieceJob(tensor, seed, block, fn, into)])[0]
 
+    def piece_spans(self, tensor: torch.Tensor) -> list[slice]:
+        """The flat spans :meth:`for_each_piece` cuts ``tensor`` into, in piece order (they depend on its size only)."""
+        sub, numel = self.sub_chunk(tensor.device), tensor.numel()
+        subs = -(-numel // sub)
+        count = min(subs, max(-(-subs // PIECE_SUB_CHUNKS), MIN_PIECES))
+        return [slice(i * subs // count * sub, min((i + 1) * subs // count * sub, numel)) for i in range(count)]
+
     def run_jobs(self, jobs: list[PieceJob]) -> list[list[Any]]:
         """:meth:`for_each_piece` for several blocks at once: all their pieces go to the threads in one
         hand-over (one wait, and the pieces of a small block no longer leave a thread idle)."""
-        tasks: list[tuple[int, int, int, int]] = []  # (job, piece, first sub-chunk, last sub-chunk)
+        tasks: list[tuple[int, int, slice]] = []  # (job, piece, span)
         results: list[list[Any]] = []
         for j, job in enumerate(jobs):
-            sub = self.sub_chunk(job.tensor.device)
-            subs = -(-job.tensor.numel() // sub)
-            count = min(subs, max(-(-subs // PIECE_SUB_CHUNKS), MIN_PIECES))
-            results.append([None] * count)
-            tasks += [(j, i, i * subs // count, (i + 1) * subs // count) for i in range(count)]
+            spans = self.piece_spans(job.tensor)
+            results.append([None] * len(spans))
+            tasks += [(j, i, span) for i, span in enumerate(spans)]
 
         def run(t: int) -> None:
-            j, i, first, last = tasks[t]
+            j, i, span = tasks[t]
             job = jobs[j]
-            sub, numel = self.sub_chunk(job.tensor.device), job.tensor.numel()
-            span = slice(first * sub, min(last * sub, numel))
+            sub = self.sub_chunk(job.tensor.device)
+            first, last = span.start // sub, -(-span.stop // sub)
             n = span.stop - span.start
             buf = None if job.into is not None else take_buffer(job.tensor.device, n)
             try:

@@ -259,7 +259,7 @@ class LOREN(ZerothOrderOptimizer):
         ctx.stats.update(self._diagnostics(losses, mean))
 
     def _sequential_update(self, ctx: StepContext, losses: list[float], mean: float, weights: list[float]) -> None:
-        """The code's order: for k, for X, a pass over X (sub-update k), then a's step k (per_row needs Uᵀp from it)."""
+        """The code's order: for k, for X, a pass over X (sub-update k), then a's step k (per_row needs its Uᵀp)."""
         self._in_query_order(ctx, losses, mean,
                              lambda k, block, seed, a, q: self._sub_update(ctx, block, seed, q, weights[k]))
 
