@@ -17,7 +17,7 @@ import torch
 from curvzo.optim.base import StepContext, ZerothOrderOptimizer
 from curvzo.optim.blocks import Block
 from curvzo.optim.checks import STATE_DTYPES, check_choice, check_fraction, check_int_at_least, state_buffer
-from curvzo.optim.directions import give_buffer, take_buffer
+from curvzo.optim.directions import DirectionSampler, give_buffer, take_buffer
 
 SMOOTH_SCHEDULES = ("constant", "step")
 
@@ -56,6 +56,7 @@ class HiZOO(ZerothOrderOptimizer):
         super().__init__(params, {"lr": lr, "eps": eps, "weight_decay": weight_decay}, seed=seed, **options)
         for block in self.blocks:
             self.state[block.param]["hessian"] = state_buffer(block.param, self.hessian_dtype, fill=1.0)
+        self._summaries: tuple | None = None  # (key, (tables, rows)) of _summary_rows
 
     def smoothing(self, step: int) -> float:
         """α_t of the configured schedule at (0-based) step ``step``."""
@@ -92,7 +93,7 @@ class HiZOO(ZerothOrderOptimizer):
         eps = self.param_groups[0]["eps"]
         curvature = abs(loss_plus + loss_minus - 2 * loss_center) / (2 * eps * eps)
         alpha = self.smoothing(ctx.step)
-        tables, rows = self._summary_rows(ctx.blocks)
+        tables, rows = self._summary_rows(ctx.blocks, self.directions)
 
         def rule(ctx: StepContext, block: Block, span: slice, z: torch.Tensor, work: torch.Tensor) -> None:
             h = self.state[block.param]["hessian"].view(-1)[span]
@@ -126,11 +127,19 @@ class HiZOO(ZerothOrderOptimizer):
         ctx.record["hessian_smooth"] = alpha
         ctx.stats.update({"hizoo/curvature": curvature, "hizoo/smooth": alpha, **self._hessian_summary(tables)})
 
-    def _summary_rows(self, blocks: list[Block]) -> tuple[list[torch.Tensor], dict[int, dict[int, torch.Tensor]]]:
+    def _summary_rows(self, blocks: list[Block],
+                      sampler: DirectionSampler) -> tuple[list[torch.Tensor], dict[int, dict[int, torch.Tensor]]]:
         """(tables, rows): one (pieces, 3) float32 table per device for Σ, min and max of H per piece of the update
         pass, allocated before it; rows[block index][span start] is that piece's row. Small tensors returned per
-        piece from the drawing threads, between their float32 buffers, kept ~70 MB of freed buffers resident."""
-        spans = {b.index: self.directions.piece_spans(b.param) for b in blocks}
+        piece from the drawing threads, between their float32 buffers, kept ~70 MB of freed buffers resident.
+        Built once and reused: the pieces depend only on the blocks and the sampler."""
+        key = (sampler, tuple(b.index for b in blocks))  # the sampler itself: a replaced one has other pieces
+        if self._summaries is None or self._summaries[0] != key:
+            self._summaries = key, self._build_summary_rows(blocks, sampler)
+        return self._summaries[1]
+
+    def _build_summary_rows(self, blocks: list[Block], sampler: DirectionSampler):
+        spans = {b.index: sampler.piece_spans(b.param) for b in blocks}
         sizes: dict[torch.device, int] = {}
         first: dict[int, int] = {}
         for block in blocks:
@@ -157,4 +166,6 @@ class HiZOO(ZerothOrderOptimizer):
 
 def _root(h: torch.Tensor) -> torch.Tensor:
     """√H of one span, in float32, in a pooled buffer (return it with ``give_buffer``)."""
+    if h.dtype == torch.float32:  # straight into the buffer: no copy pass first
+        return torch.sqrt(h, out=take_buffer(h.device, h.numel())[: h.numel()])
     return ZerothOrderOptimizer.fp32_copy(h).sqrt_()

@@ -64,6 +64,7 @@ def row_pieces(v: torch.Tensor, segments: list[Segment], n: int):
         piece = v[seg.lo:seg.hi]
         yield seg, (piece.view(seg.rows, n) if seg.rows else piece)
 
+
 def z_from_u(u: torch.Tensor, segments: list[Segment], n: int, a: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
     """u −= coef_row · ā in place on one piece (coef = κp: 0-d when tied, one per row for per_row); returns z."""
     for seg, piece in row_pieces(u, segments, n):
